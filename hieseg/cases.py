@@ -1,0 +1,136 @@
+"""Finding cases in the input layouts hieseg understands, and naming their outputs.
+
+Layouts:
+- Grand Challenge: ``IN/images/skull-stripped-adc-brain-mri/<one file>`` and ``IN/images/z-score-adc/<one file>``.
+- BONBID release: ``IN/1ADC_ss/MGHNICU_<id>-VISIT_01-ADC_ss.<ext>`` with
+  ``IN/2Z_ADC/Zmap_MGHNICU_<id>-VISIT_01-ADC_smooth2mm_clipped10.<ext>``.
+- An explicit pair given on the command line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .io import IMAGE_SUFFIXES, image_suffix, strip_suffix
+
+GC_ADC_DIR = Path("images/skull-stripped-adc-brain-mri")
+GC_ZADC_DIR = Path("images/z-score-adc")
+GC_OUTPUT = Path("images/hie-lesion-segmentation/overlay.mha")
+BONBID_ADC_DIR = "1ADC_ss"
+BONBID_ZADC_DIR = "2Z_ADC"
+BONBID_LABEL_DIR = "3LABEL"
+
+_CASE_ID = re.compile(r"(MGHNICU_\d+)")
+_VISIT = re.compile(r"(MGHNICU_\d+-VISIT_\d+)")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One ADC / Z-ADC pair and the stem its outputs are named by."""
+
+    case_id: str
+    adc: Path
+    zadc: Path
+    output_stem: str  # e.g. 'MGHNICU_014-VISIT_01_lesion' (pairs with the dataset's labels) or 'overlay'
+
+
+def case_id_of(path: str | Path) -> str:
+    """``MGHNICU_<id>`` when the name holds one, otherwise the file name without its image suffix."""
+    name = Path(path).name
+    match = _CASE_ID.search(name)
+    return match.group(1) if match else strip_suffix(name)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Supported image files directly in ``folder``, sorted; hidden files (e.g. our temporaries) are skipped."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+
+
+def _single(folder: Path, what: str) -> Path:
+    files = image_files(folder)
+    if not files:
+        raise InputError(folder, f"no {what} image found (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    if len(files) > 1:
+        raise InputError(folder, f"expected one {what} image, found {len(files)}: "
+                                 + ", ".join(p.name for p in files))
+    return files[0]
+
+
+def is_grand_challenge(root: Path) -> bool:
+    return (root / GC_ADC_DIR).is_dir() or (root / GC_ZADC_DIR).is_dir()
+
+
+def is_bonbid(root: Path) -> bool:
+    return (root / BONBID_ADC_DIR).is_dir() or (root / BONBID_ZADC_DIR).is_dir()
+
+
+def grand_challenge_case(root: Path) -> Case:
+    adc = _single(root / GC_ADC_DIR, "skull-stripped ADC")
+    zadc = _single(root / GC_ZADC_DIR, "Z-ADC")
+    return Case(case_id_of(adc), adc, zadc, "overlay")
+
+
+def bonbid_cases(root: Path) -> list[Case]:
+    """Pair ADC and Z-ADC files of the BONBID release by ``MGHNICU_<id>-VISIT_<n>``."""
+    adc_dir, zadc_dir = root / BONBID_ADC_DIR, root / BONBID_ZADC_DIR
+    if not adc_dir.is_dir():
+        raise InputError(adc_dir, "ADC folder missing")
+    if not zadc_dir.is_dir():
+        raise InputError(zadc_dir, "Z-ADC folder missing")
+    zadc_by_key: dict[str, list[Path]] = {}
+    for z in image_files(zadc_dir):
+        zadc_by_key.setdefault(_visit_key(z), []).append(z)
+    cases = []
+    for adc in image_files(adc_dir):
+        key = _visit_key(adc)
+        matches = zadc_by_key.get(key, [])
+        if not matches:
+            raise InputError(adc, f"no Z-ADC map for {key} in {zadc_dir}")
+        if len(matches) > 1:
+            raise InputError(adc, f"several Z-ADC maps for {key}: " + ", ".join(p.name for p in matches))
+        cases.append(Case(case_id_of(adc), adc, matches[0], f"{key}_lesion"))
+    if not cases:
+        raise InputError(adc_dir, "no ADC images found")
+    return cases
+
+
+def _visit_key(path: Path) -> str:
+    match = _VISIT.search(path.name)
+    return match.group(1) if match else strip_suffix(path)
+
+
+def find_cases(root: str | Path) -> list[Case]:
+    """All cases under ``root`` in the Grand Challenge or BONBID layout."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "input folder not found")
+    if is_grand_challenge(root):
+        return [grand_challenge_case(root)]
+    if is_bonbid(root):
+        return bonbid_cases(root)
+    raise InputError(root, f"unrecognised input layout: expected {GC_ADC_DIR}/ and {GC_ZADC_DIR}/ "
+                           f"(Grand Challenge) or {BONBID_ADC_DIR}/ and {BONBID_ZADC_DIR}/ (BONBID)")
+
+
+def pair_case(adc: str | Path, zadc: str | Path) -> Case:
+    """An explicit ADC / Z-ADC pair; outputs are named after the case id of the ADC file."""
+    adc, zadc = Path(adc), Path(zadc)
+    key = _visit_key(adc)
+    stem = f"{key}_lesion" if _VISIT.search(adc.name) else f"{strip_suffix(adc)}_lesion"
+    return Case(case_id_of(adc), adc, zadc, stem)
+
+
+def shard(cases: list[Case], spec: str | None) -> list[Case]:
+    """Cases of shard ``K/N`` (1-based K), dealt round-robin so shards stay balanced over sorted inputs."""
+    if not spec:
+        return cases
+    match = re.fullmatch(r"(\d+)/(\d+)", spec.strip())
+    if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
+        raise ValueError(f"--shard must be K/N with 1 <= K <= N, got {spec!r}")
+    k, n = int(match.group(1)), int(match.group(2))
+    return cases[k - 1 :: n]
