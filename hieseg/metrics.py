@@ -1,0 +1,148 @@
+"""Per-case segmentation metrics exactly as the BONBID-HIE challenge scorer computes them, plus lesion-wise counts.
+
+The scorer (``bonbidhie_eval/evaluation.py`` in github.com/baorina/BONBID-HIE-MICCAI2023) reads both images with
+SimpleITK, casts them to uint8, takes the (z, y, x) arrays as bool and scores them with DeepMind's
+``surface-distance`` code:
+
+- Dice = 2|A∩B| / (|A| + |B|);
+- MASD = mean of the two directed, surfel-area weighted average surface distances (mm);
+- NSD = surface Dice at a 2 mm tolerance;
+- empty truth and empty prediction: Dice 1, MASD 0, NSD 1; empty truth and any prediction, or an empty prediction
+  on a lesion case: Dice 0, MASD NaN, NSD 0.
+
+It passes ``image.GetSpacing()``, which SimpleITK gives in (x, y, z) order, as the spacing of the (z, y, x) array,
+so the z axis is measured with the x spacing and the x axis with the slice thickness. ``spacing_order="scorer"``
+(the default) reproduces that, so that numbers match the leaderboard; ``"physical"`` uses the true spacing.
+
+``surface_distance`` is an optional dependency (the ``eval`` extra) and is imported only when needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import HiesegError
+
+log = logging.getLogger(__name__)
+
+NSD_TOLERANCE_MM = 2.0
+SPACING_ORDERS = ("scorer", "physical")
+# Lesion burden strata, as fractions of the brain volume; cases without a truth lesion form their own stratum.
+STRATA = ("none", "<1%", "1-5%", ">5%")
+# Lesions and predicted components are connected in 3D with face, edge and corner neighbours.
+CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+class MissingDependency(HiesegError, ImportError):
+    """An optional package needed for evaluation or QC pictures is not installed."""
+
+
+def _surface_distance():
+    try:
+        import surface_distance
+    except ImportError:
+        raise MissingDependency(
+            "surface distances need DeepMind's 'surface-distance' package: pip install 'hieseg[eval]' "
+            "(or pip install surface-distance==0.1)") from None
+    return surface_distance
+
+
+def binarize(array: np.ndarray) -> np.ndarray:
+    """Foreground as the scorer sees it: the value cast to uint8 (truncation toward zero) is non-zero.
+
+    Labels and hieseg masks hold 0/1 and are unchanged; an unthresholded probability map (values in (0, 1)) is all
+    background, exactly as it would be on the leaderboard.
+    """
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return np.trunc(array) != 0
+    return array != 0
+
+
+def scorer_spacing(spacing_zyx: Sequence[float], spacing_order: str = "scorer") -> tuple[float, float, float]:
+    """The spacing handed to surface-distance for a (z, y, x) array.
+
+    ``"scorer"``: SimpleITK's (x, y, z) spacing as the challenge passes it; ``"physical"``: the true (z, y, x) spacing.
+    """
+    if spacing_order not in SPACING_ORDERS:
+        raise ValueError(f"spacing_order must be one of {', '.join(SPACING_ORDERS)}, got {spacing_order!r}")
+    spacing = tuple(float(s) for s in spacing_zyx)
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive numbers, got {spacing_zyx!r}")
+    return spacing[::-1] if spacing_order == "scorer" else spacing  # type: ignore[return-value]
+
+
+def dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """2|A∩B| / (|A| + |B|); 1.0 when both are empty (the challenge's rule)."""
+    total = int(truth.sum()) + int(pred.sum())
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(truth, pred).sum()) / total
+
+
+def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing_zyx: Sequence[float],
+                 spacing_order: str = "scorer") -> dict:
+    """Dice, MASD (mm) and NSD (2 mm) of one case, as floats under keys ``dice``, ``masd``, ``nsd``.
+
+    ``truth`` and ``pred`` are (z, y, x) arrays of the same shape (labels, masks or anything the scorer would cast
+    to uint8); ``spacing_zyx`` is the truth's spacing. MASD is NaN where the challenge leaves it undefined.
+    """
+    truth, pred = binarize(truth), binarize(pred)
+    if truth.shape != pred.shape:
+        raise ValueError(f"truth and prediction shapes differ: {truth.shape} vs {pred.shape}")
+    if truth.ndim != 3:
+        raise ValueError(f"expected 3D masks, got shape {truth.shape}")
+    spacing = scorer_spacing(spacing_zyx, spacing_order)
+    has_truth, has_pred = bool(truth.any()), bool(pred.any())
+    if not has_truth and not has_pred:
+        return {"dice": 1.0, "masd": 0.0, "nsd": 1.0}
+    if not has_truth or not has_pred:
+        return {"dice": 0.0, "masd": math.nan, "nsd": 0.0}
+    sd = _surface_distance()
+    distances = sd.compute_surface_distances(truth, pred, spacing)
+    gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(distances)
+    return {
+        "dice": float(dice(truth, pred)),
+        "masd": float(np.mean([gt_to_pred, pred_to_gt])),
+        "nsd": float(sd.compute_surface_dice_at_tolerance(distances, NSD_TOLERANCE_MM)),
+    }
+
+
+def nanmean(values: Iterable[float]) -> float:
+    """Mean that skips NaN (as the leaderboard does); NaN when nothing is left."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def lesion_counts(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """Lesion-wise detection: truth lesions (26-connected), those touched by the prediction, and predicted
+    components that touch no truth lesion (false positives)."""
+    truth, pred = binarize(truth), binarize(pred)
+    truth_labels, n_lesions = ndimage.label(truth, structure=CONNECTIVITY)
+    pred_labels, n_components = ndimage.label(pred, structure=CONNECTIVITY)
+    detected = np.unique(truth_labels[pred & truth])
+    touching = np.unique(pred_labels[pred & truth])
+    return {
+        "lesions": int(n_lesions),
+        "lesions_detected": int(np.count_nonzero(detected)),
+        "pred_components": int(n_components),
+        "fp_components": int(n_components - np.count_nonzero(touching)),
+    }
+
+
+def burden_stratum(fraction: float) -> str:
+    """Stratum of a lesion burden given as a fraction of the brain: 'none', '<1%', '1-5%' or '>5%'."""
+    if fraction <= 0:
+        return "none"
+    if fraction < 0.01:
+        return "<1%"
+    if fraction <= 0.05:
+        return "1-5%"
+    return ">5%"
