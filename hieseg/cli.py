@@ -1,0 +1,268 @@
+"""Command-line interface: ``hieseg predict | evaluate | baseline | make-sample`` and the Grand Challenge entry.
+
+Logs go to stderr; stdout carries only results (one tab-separated line per case).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .cases import GC_OUTPUT, Case, find_cases, is_grand_challenge, pair_case, shard
+from .errors import HiesegError, InputError, OutputError
+from .progress import progress
+from .report import write_summary_csv
+from .sessions import DEVICES
+
+log = logging.getLogger("hieseg")
+
+GC_REPORT = Path("hieseg-report.json")
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def parse_bytes(text: str) -> int:
+    """'4G', '512M' or a plain byte count."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4G, 512M)")
+    scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2).upper()]
+    return int(float(match.group(1)) * scale)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work when the output folder cannot take files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hieseg-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write output here ({exc.strerror or exc})") from None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="cuda: fail if CUDA cannot run; auto: CUDA when it works, else CPU (default)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model folder with manifest.json (default: /opt/ml/model if it has one, "
+                             "else the bundled model/)")
+    parser.add_argument("--gpu-mem-limit", type=parse_bytes, default=None, metavar="SIZE",
+                        help="cap on ONNX Runtime's CUDA memory arena, e.g. 4G")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per session (default: the CPUs this process may use)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def _verbosity(args: argparse.Namespace) -> int:
+    return -1 if args.quiet else args.verbose
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def _output_paths(case: Case, out: Path, gc_layout: bool, fmt: str, save_prob: bool, qc: bool) -> dict:
+    if gc_layout:
+        return {"mask_path": out / GC_OUTPUT, "report_path": out / GC_REPORT,
+                "probability_path": out / "probability.mha" if save_prob else None,
+                "qc_path": out / "qc.png" if qc else None}
+    ext = ".nii.gz" if fmt == "nii.gz" else ".mha"
+    return {"mask_path": out / f"{case.output_stem}{ext}",
+            "report_path": out / "reports" / f"{case.case_id}.json",
+            "probability_path": out / "probabilities" / f"{case.case_id}_probability{ext}" if save_prob else None,
+            "qc_path": out / "qc" / f"{case.case_id}.png" if qc else None}
+
+
+def _collect_cases(args: argparse.Namespace) -> tuple[list[Case], bool]:
+    if args.adc or args.zadc:
+        if not (args.adc and args.zadc):
+            raise InputError(args.adc or args.zadc, "--adc and --zadc must be given together")
+        if len(args.paths) != 1:
+            raise InputError(None, "with --adc/--zadc give only the OUTPUT folder")
+        return [pair_case(args.adc, args.zadc)], False
+    if len(args.paths) != 2:
+        raise InputError(None, "usage: hieseg predict INPUT OUTPUT (or --adc A --zadc Z OUTPUT)")
+    root = Path(args.paths[0])
+    return find_cases(root), is_grand_challenge(root)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .pipeline import Segmenter, write_case_outputs
+
+    cases, gc_layout = _collect_cases(args)
+    out = Path(args.paths[-1])
+    try:
+        cases = shard(cases, args.shard)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    check_writable(out)
+    if not cases:
+        log.warning("shard %s holds no cases", args.shard)
+        return 0
+    t_start = time.perf_counter()
+    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
+    rows, failures = [], []
+    iterator = progress(cases, desc="hieseg") if len(cases) > 1 else cases
+    for case in iterator:
+        paths = _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc)
+        try:
+            result = segmenter.segment_case(case)
+            report = write_case_outputs(result, **paths)
+        except (HiesegError, MemoryError, OSError) as exc:
+            message = _one_line(exc)
+            log.error("%s: %s", case.case_id, message)
+            failures.append((case.case_id, message))
+            rows.append({"case_id": case.case_id, "status": "failed", "error": message})
+            continue
+        except Exception as exc:  # a bug should not cost the rest of a cohort run
+            log.debug("traceback", exc_info=True)
+            message = f"unexpected {type(exc).__name__}: {exc}"
+            log.error("%s: %s", case.case_id, message)
+            failures.append((case.case_id, message))
+            rows.append({"case_id": case.case_id, "status": "failed", "error": message})
+            continue
+        rows.append({**report, "status": "ok", "output": str(paths["mask_path"]),
+                     "providers": ";".join(sorted(set(segmenter.providers.values()))),
+                     "seconds_total": report["seconds"]["total"]})
+        print(f"{case.case_id}\t{report['lesion_volume_ml']:.3f} mL\t{report['burden_class']}\t"
+              f"{paths['mask_path']}", flush=True)
+    if len(cases) > 1 or not gc_layout:
+        write_summary_csv(rows, out / (f"summary_{args.shard.replace('/', 'of')}.csv" if args.shard
+                                       else "summary.csv"))
+    elapsed = time.perf_counter() - t_start
+    log.info("%d case(s) in %.1f s: %d ok, %d failed", len(cases), elapsed, len(cases) - len(failures),
+             len(failures))
+    for case_id, message in failures:
+        log.error("failed: %s: %s", case_id, message)
+    return 1 if failures else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory (the memory limit is too small for this case)"
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="segment HIE lesions in one or many cases",
+                       description="Segment every case under INPUT (Grand Challenge or BONBID layout) into OUTPUT, "
+                                   "or one explicit --adc/--zadc pair.")
+    p.add_argument("paths", nargs="+", metavar="INPUT OUTPUT", help="input folder and output folder")
+    p.add_argument("--adc", type=Path, help="explicit skull-stripped ADC map (with --zadc)")
+    p.add_argument("--zadc", type=Path, help="explicit Z-ADC map (with --adc)")
+    p.add_argument("--format", choices=("mha", "nii.gz"), default="mha", help="mask file format (default mha)")
+    p.add_argument("--save-prob", action="store_true", help="also write the fused probability map")
+    p.add_argument("--qc", action="store_true", help="also write a PNG montage of the predicted lesions")
+    p.add_argument("--shard", metavar="K/N", help="process only shard K of N (1-based), for array jobs")
+    _add_model_options(p)
+    p.set_defaults(func=run_predict)
+
+
+# ----------------------------------------------------------------------------------------- make-sample
+
+
+def run_make_sample(args: argparse.Namespace) -> int:
+    from .phantom import write_sample
+
+    paths = write_sample(args.output, seed=args.seed)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def add_make_sample_parser(sub) -> None:
+    p = sub.add_parser("make-sample", help="write the synthetic sample case (Grand Challenge layout)")
+    p.add_argument("output", type=Path, help="folder to write images/... into, e.g. test/input")
+    p.add_argument("--seed", type=int, default=2023)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=run_make_sample)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hieseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hieseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_predict_parser(sub)
+    try:  # evaluation is an optional extra (surface-distance, matplotlib are imported lazily inside)
+        from . import baseline, evaluate
+
+        evaluate.register(sub)
+        baseline.register(sub)
+    except ImportError as exc:  # pragma: no cover - only when the module itself is missing
+        log.debug("evaluation commands unavailable: %s", exc)
+    add_make_sample_parser(sub)
+    return parser
+
+
+def _run(func, args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except HiesegError as exc:
+        log.error("%s", exc)
+        return 1
+    except MemoryError:
+        log.error("out of memory (the memory limit is too small for this case)")
+        return 1
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(_verbosity(args))
+    return _run(args.func, args)
+
+
+# ------------------------------------------------------------------------------------ Grand Challenge
+
+
+def run_grand_challenge(args: argparse.Namespace) -> int:
+    """One case from INPUT's Grand Challenge layout to OUTPUT/images/hie-lesion-segmentation/overlay.mha."""
+    from .cases import grand_challenge_case
+    from .pipeline import Segmenter, write_case_outputs
+
+    case = grand_challenge_case(args.input)
+    check_writable(args.output)
+    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
+    result = segmenter.segment_case(case)
+    paths = _output_paths(case, args.output, True, "mha", False, False)
+    report = write_case_outputs(result, **paths)
+    log.info("lesion %.3f mL (%s of brain, %s), %d component(s); %.2f s", report["lesion_volume_ml"],
+             f"{report['lesion_percent_of_brain']:.2f}%", report["burden_class"], report["lesion_components"],
+             report["seconds"]["total"])
+    print(paths["mask_path"], flush=True)
+    return 0
+
+
+def grand_challenge_main(argv: Sequence[str] | None = None, input_dir: Path = Path("/input"),
+                         output_dir: Path = Path("/output")) -> int:
+    parser = argparse.ArgumentParser(prog="inference.py",
+                                     description="BONBID-HIE Grand Challenge entry point: one case per run.")
+    parser.add_argument("--input", type=Path, default=input_dir, help=f"default {input_dir}")
+    parser.add_argument("--output", type=Path, default=output_dir, help=f"default {output_dir}")
+    _add_model_options(parser)
+    args = parser.parse_args(argv)
+    setup_logging(_verbosity(args))
+    return _run(run_grand_challenge, args)

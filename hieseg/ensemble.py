@@ -1,0 +1,93 @@
+"""The ensemble: one ONNX session per manifest member, run one after another and fused on the native grid."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import preprocess
+from .inferers import predict_volume, with_flips
+from .manifest import Manifest, Member
+from .sessions import CPU, create_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedMember:
+    member: Member
+    session: Any
+    provider: str
+
+    def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
+        name = self.session.get_inputs()[0].name
+        return lambda batch: self.session.run(None, {name: batch})[0]
+
+
+def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
+                 threads: int | None = None) -> list[LoadedMember]:
+    """Create every member's session once (per process), each from checksum-verified bytes."""
+    loaded = []
+    for member in manifest.members:
+        session, provider = create_session(member.path, member.sha256, device, gpu_mem_limit_bytes, threads)
+        loaded.append(LoadedMember(member, session, provider))
+    providers = sorted({m.provider for m in loaded})
+    if device == "auto" and providers == [CPU]:
+        log.warning("running on CPU (CPUExecutionProvider): no usable CUDA GPU found")
+    else:
+        log.info("execution provider: %s", ", ".join(providers))
+    return loaded
+
+
+def _prep_key(member: Member) -> str:
+    return json.dumps([member.channels, member.target_spacing_zyx], sort_keys=True)
+
+
+def member_probability(loaded: LoadedMember, prepared: preprocess.Prepared) -> np.ndarray:
+    """One member's TTA-averaged probabilities on its own grid (z, y, x)."""
+    m = loaded.member
+    fn = loaded.predict_fn()
+    return with_flips(prepared.image,
+                      lambda img: predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, m.batch_size),
+                      m.tta_flips)
+
+
+def run_ensemble(
+    members: Sequence[LoadedMember],
+    adc: np.ndarray,
+    zadc: np.ndarray,
+    spacing_zyx: Sequence[float],
+    crop: tuple[slice, slice, slice],
+    timings: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Weighted mean of the members' probabilities, each restored to the native grid (float32, z, y, x).
+
+    Members run one after another and are summed as they finish, so peak memory is one member's. Members with
+    the same channels and spacing (e.g. the folds of one network) share one preprocessed input.
+    """
+    timings = {} if timings is None else timings
+    fused = np.zeros(adc.shape, dtype=np.float32)
+    total_weight = sum(m.member.weight for m in members)
+    cache: dict[str, preprocess.Prepared] = {}
+    for loaded in members:
+        m = loaded.member
+        t0 = time.perf_counter()
+        key = _prep_key(m)
+        if key not in cache:
+            cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, m.target_spacing_zyx, crop)
+        prepared = cache[key]
+        t1 = time.perf_counter()
+        prob = member_probability(loaded, prepared)
+        t2 = time.perf_counter()
+        fused += (m.weight / total_weight) * preprocess.restore(prob, prepared)
+        t3 = time.perf_counter()
+        timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
+        timings[f"member:{m.name}"] = t2 - t1
+        timings["fuse"] = timings.get("fuse", 0.0) + (t3 - t2)
+        log.debug("member %s on %s: %.2f s", m.name, loaded.provider, t2 - t1)
+    return fused

@@ -1,0 +1,46 @@
+"""From fused probabilities to the final mask: case-level empty rule, threshold, brain mask, small components."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .manifest import Fusion
+
+# Full (26-)connectivity: on these anisotropic grids, lesion voxels touching only at an edge are still one lesion.
+CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components and their voxel counts (index 0 of the counts is the background)."""
+    labels, count = ndimage.label(mask, structure=CONNECTIVITY)
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    if min_voxels <= 1 or not mask.any():
+        return mask
+    labels, sizes = label_components(mask)
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], fusion: Fusion) -> np.ndarray:
+    """Binary lesion mask (bool) from fused probabilities on the native grid.
+
+    Case-level rule first: when the peak probability inside the brain is below ``empty_max_probability_below``,
+    or the lesion volume left after the component filter is below ``empty_min_lesion_mm3``, the case is called
+    lesion-free and the mask is empty (a lesion-free case scores only when the mask is completely empty).
+    """
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    inside = np.where(brain, prob, 0.0)
+    if fusion.empty_max_probability_below > 0 and float(inside.max(initial=0.0)) < fusion.empty_max_probability_below:
+        return np.zeros(prob.shape, dtype=bool)
+    mask = inside >= fusion.threshold
+    mask = remove_small_components(mask, fusion.min_component_mm3 / voxel_mm3)
+    if fusion.empty_min_lesion_mm3 > 0 and mask.sum() * voxel_mm3 < fusion.empty_min_lesion_mm3:
+        return np.zeros(prob.shape, dtype=bool)
+    return mask

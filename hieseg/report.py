@@ -1,0 +1,54 @@
+"""What a case's result means clinically: volumes, burden class, components; and the multi-case summary CSV."""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .io import write_text
+from .postprocess import label_components
+
+BURDEN_CLASSES = ("<1%", "1-5%", ">5%")
+
+
+def burden_class(percent_of_brain: float) -> str:
+    """BONBID-HIE's lesion burden strata by percent of brain volume."""
+    if percent_of_brain < 1.0:
+        return BURDEN_CLASSES[0]
+    if percent_of_brain <= 5.0:
+        return BURDEN_CLASSES[1]
+    return BURDEN_CLASSES[2]
+
+
+def lesion_statistics(mask: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float]) -> dict[str, Any]:
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    lesion_ml = float(mask.sum()) * voxel_ml
+    brain_ml = float(brain.sum()) * voxel_ml
+    percent = 100.0 * lesion_ml / brain_ml if brain_ml else 0.0
+    _, sizes = label_components(mask)
+    return {
+        "lesion_volume_ml": round(lesion_ml, 4),
+        "brain_volume_ml": round(brain_ml, 3),
+        "lesion_percent_of_brain": round(percent, 4),
+        "burden_class": burden_class(percent),
+        "lesion_components": int(len(sizes) - 1),
+        "largest_component_ml": round(float(sizes[1:].max(initial=0)) * voxel_ml, 4),
+    }
+
+
+SUMMARY_COLUMNS = ("case_id", "status", "lesion_volume_ml", "brain_volume_ml", "lesion_percent_of_brain",
+                   "burden_class", "lesion_components", "largest_component_ml", "providers", "seconds_total",
+                   "output", "error")
+
+
+def write_summary_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return write_text(buffer.getvalue(), path)

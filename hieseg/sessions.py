@@ -1,0 +1,131 @@
+"""ONNX Runtime sessions: provider choice, thread count and the checks that say which provider really runs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import DeviceError, ModelError
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup CPU quota (containers' --cpus)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    for path in ("/sys/fs/cgroup/cpu.max",):  # cgroup v2
+        try:
+            quota, period = Path(path).read_text().split()[:2]
+            if quota != "max":
+                count = min(count, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            pass
+    try:  # cgroup v1
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        if quota > 0 and period > 0:
+            count = min(count, max(1, math.ceil(quota / period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
+def cuda_provider_options(gpu_mem_limit_bytes: int | None = None, device_id: int = 0) -> dict[str, Any]:
+    """CUDA provider options: heuristic conv algorithm search (exhaustive search costs seconds per new shape)."""
+    options: dict[str, Any] = {
+        "device_id": device_id,
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "arena_extend_strategy": "kSameAsRequested",
+        "do_copy_in_default_stream": True,
+    }
+    if gpu_mem_limit_bytes:
+        options["gpu_mem_limit"] = int(gpu_mem_limit_bytes)
+    return options
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads or available_cpus()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
+    return opts
+
+
+def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None) -> list[Any]:
+    """The provider list to ask ONNX Runtime for; raises DeviceError when ``cuda`` cannot possibly run."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise DeviceError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "cpu":
+        return [CPU]
+    if CUDA not in ort.get_available_providers():
+        if device == "cuda":
+            raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider "
+                              f"(installed: {ort.__version__}, providers: {', '.join(ort.get_available_providers())}); "
+                              "install onnxruntime-gpu or use --device cpu")
+        return [CPU]
+    return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes)), CPU]
+
+
+def read_verified(path: Path, sha256: str) -> bytes:
+    """The model file's bytes, refused when they do not hash to the manifest's sha256.
+
+    Sessions are built from these same bytes, so a file swapped after the check cannot be run.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read model file ({exc.strerror or exc})") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise ModelError(f"{path}: checksum mismatch (sha256 {actual[:12]}…, manifest says {sha256[:12]}…): "
+                         "the model file was modified or corrupted")
+    return data
+
+
+def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
+                   threads: int | None = None):
+    """An InferenceSession for one verified model file, and the provider that actually runs it.
+
+    ``get_available_providers`` only says a provider was compiled in; whether CUDA really initialised
+    (driver, libcudart, cuDNN present) shows only in the created session's ``get_providers``.
+    """
+    import onnxruntime as ort
+
+    providers = requested_providers(device, gpu_mem_limit_bytes)
+    data = read_verified(path, sha256)
+    try:
+        session = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # ORT raises several private exception types
+        if device == "cuda":
+            raise DeviceError(f"--device cuda: CUDA session for {path.name} failed ({_first_line(exc)})") from None
+        if providers[0] != CPU:
+            session = ort.InferenceSession(data, sess_options=session_options(threads), providers=[CPU])
+        else:
+            raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+    used = session.get_providers()[0]
+    if device == "cuda" and used != CUDA:
+        raise DeviceError(f"--device cuda: CUDA is not usable here (onnxruntime fell back to {used}); "
+                          "check the NVIDIA driver, CUDA 12 and cuDNN 9 libraries, and `--gpus all`")
+    return session, used
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
