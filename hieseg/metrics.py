@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -106,7 +107,9 @@ def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing_zyx: Sequence[floa
     if not has_truth or not has_pred:
         return {"dice": 0.0, "masd": math.nan, "nsd": 0.0}
     sd = _surface_distance()
-    distances = sd.compute_surface_distances(truth, pred, spacing)
+    with warnings.catch_warnings():  # surface-distance 0.1 uses scipy.ndimage's deprecated sub-namespaces
+        warnings.simplefilter("ignore", DeprecationWarning)
+        distances = sd.compute_surface_distances(truth, pred, spacing)
     gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(distances)
     return {
         "dice": float(dice(truth, pred)),
