@@ -1,0 +1,45 @@
+"""All 40 real BONBID-HIE cases through `hieseg predict`: outputs on exactly the input grids, values in {0, 1}."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hieseg.cases import find_cases
+from hieseg.cli import main
+from hieseg.io import Geometry
+from hieseg.manifest import BUNDLED_MODEL_DIR
+from realdata import real_cases_dir
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory, toy_model):
+    root = real_cases_dir()
+    model = BUNDLED_MODEL_DIR if (BUNDLED_MODEL_DIR / "manifest.json").is_file() else toy_model
+    out = tmp_path_factory.mktemp("real_predictions")
+    assert main(["predict", str(root), str(out), "--model", str(model), "-q"]) == 0
+    return root, out, model
+
+
+def test_every_output_has_the_input_grid_and_binary_values(predictions):
+    root, out, _ = predictions
+    cases = find_cases(root)
+    assert len(cases) == 40
+    for case in cases:
+        adc = sitk.ReadImage(str(case.adc))
+        mask = sitk.ReadImage(str(out / f"{case.output_stem}.mha"))
+        assert Geometry.of(mask) == Geometry.of(adc), case.case_id  # exact, not approximately
+        assert mask.GetPixelID() == sitk.sitkUInt8
+        values = np.unique(sitk.GetArrayViewFromImage(mask))
+        assert set(values.tolist()) <= {0, 1}, case.case_id
+        # Nothing outside the brain.
+        assert not (sitk.GetArrayViewFromImage(mask)[sitk.GetArrayViewFromImage(adc) <= 0]).any()
+
+
+def test_summary_lists_every_case(predictions):
+    _, out, _ = predictions
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 40 and {r["status"] for r in rows} == {"ok"}
