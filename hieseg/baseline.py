@@ -76,6 +76,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("input", type=Path, metavar="INPUT", help="input folder (Grand Challenge or BONBID layout)")
     parser.add_argument("output", type=Path, metavar="OUTPUT", help="output folder")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.set_defaults(func=run)
 
 

@@ -290,6 +290,8 @@ def register(subparsers) -> None:
                              "true voxel spacing")
     parser.add_argument("--qc", type=Path, metavar="DIR",
                         help="write QC pictures: summary.png (Dice vs burden) and, with --adc, a montage per case")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     parser.set_defaults(func=run)
 
 
