@@ -278,3 +278,16 @@ def test_real_cases_agree_with_independent_computation(tmp_path):
                     assert math.isnan(row[key]), (row["case"], key)
                 else:
                     assert row[key] == pytest.approx(ref[key], abs=1e-6), (row["case"], order, key)
+
+
+def test_missing_surface_distance_is_one_clear_error(monkeypatch):
+    import sys
+
+    from hieseg.errors import HiesegError
+
+    monkeypatch.setitem(sys.modules, "surface_distance", None)
+    a, b = _cube(corner=(4, 4, 3)), _cube(corner=(4, 4, 4))
+    with pytest.raises(HiesegError, match=r"hieseg\[eval\]"):
+        case_metrics(a, b, (1.0, 1.0, 1.0))
+    # The empty-case rules need no surface distances.
+    assert case_metrics(a, np.zeros_like(a), (1.0, 1.0, 1.0))["dice"] == 0.0
