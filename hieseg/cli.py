@@ -155,7 +155,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
-        return "out of memory (the memory limit is too small for this case)"
+        detail = str(exc).strip()
+        return f"{detail or 'out of memory'} (the memory limit is too small for this case)"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -221,12 +222,16 @@ def _run(func, args: argparse.Namespace) -> int:
     except HiesegError as exc:
         log.error("%s", exc)
         return 1
-    except MemoryError:
-        log.error("out of memory (the memory limit is too small for this case)")
+    except MemoryError as exc:
+        log.error("%s", _one_line(exc))
         return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as exc:  # noqa: BLE001 - the user gets one line; -v shows the traceback
+        log.debug("traceback", exc_info=True)
+        log.error("unexpected %s: %s (run with -v for the traceback)", type(exc).__name__, _one_line(exc))
+        return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

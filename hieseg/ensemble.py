@@ -13,9 +13,59 @@ import numpy as np
 from . import preprocess
 from .inferers import predict_volume, with_flips
 from .manifest import Manifest, Member
-from .sessions import CPU, create_session
+from .sessions import CPU, CUDA, create_session, is_out_of_memory
 
 log = logging.getLogger(__name__)
+
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _raise_oom(exc: Exception, member: str) -> None:
+    if is_out_of_memory(exc):
+        raise MemoryError(f"out of memory running member {member}") from None
+
+
+def plain_runner(session: Any, member: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``batch -> probabilities`` through ``session.run``; casts to the graph's input type (fp16 members)."""
+    inp = session.get_inputs()[0]
+    dtype = _NUMPY_TYPES.get(inp.type, np.float32)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {inp.name: batch.astype(dtype, copy=False)})[0].astype(np.float32, copy=False)
+        except Exception as exc:  # ORT's allocation failures are plain runtime errors
+            _raise_oom(exc, member)
+            raise
+
+    return run
+
+
+def bound_runner(session: Any, member: str, device: str = "cuda", device_id: int = 0
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """``batch -> probabilities`` with I/O binding: the output is allocated on ``device`` by ORT and copied back
+    once, and one binding object is reused across the tiles of a sliding window (same tile shape each time)."""
+    import onnxruntime as ort
+
+    inp, out = session.get_inputs()[0], session.get_outputs()[0]
+    dtype = _NUMPY_TYPES.get(inp.type, np.float32)
+    binding = session.io_binding()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        try:
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch, dtype=dtype), device, device_id)
+            binding.bind_ortvalue_input(inp.name, value)
+            binding.bind_output(out.name, device, device_id)
+            session.run_with_iobinding(binding)
+            result = binding.copy_outputs_to_cpu()[0]
+            binding.clear_binding_inputs()
+            binding.clear_binding_outputs()
+            return result.astype(np.float32, copy=False)
+        except Exception as exc:
+            _raise_oom(exc, member)
+            raise
+
+    return run
 
 
 @dataclass
@@ -25,8 +75,9 @@ class LoadedMember:
     provider: str
 
     def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
-        name = self.session.get_inputs()[0].name
-        return lambda batch: self.session.run(None, {name: batch})[0]
+        if self.provider == CUDA:
+            return bound_runner(self.session, self.member.name, "cuda")
+        return plain_runner(self.session, self.member.name)
 
 
 def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: int | None = None,

@@ -113,6 +113,8 @@ def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_
     try:
         session = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # ORT raises several private exception types
+        if is_out_of_memory(exc):
+            raise MemoryError(f"out of memory creating the ONNX Runtime session for {path.name}") from None
         if device == "cuda":
             raise DeviceError(f"--device cuda: CUDA session for {path.name} failed ({_first_line(exc)})") from None
         if providers[0] != CPU:
@@ -124,6 +126,14 @@ def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_
         raise DeviceError(f"--device cuda: CUDA is not usable here (onnxruntime fell back to {used}); "
                           "check the NVIDIA driver, CUDA 12 and cuDNN 9 libraries, and `--gpus all`")
     return session, used
+
+
+_MEMORY_SIGNS = ("error code: 12", "bad_alloc", "failed to allocate", "out of memory", "cannot allocate")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """ORT reports allocation failures (e.g. under Grand Challenge's RLIMIT_DATA) as generic runtime errors."""
+    return isinstance(exc, MemoryError) or any(sign in str(exc).lower() for sign in _MEMORY_SIGNS)
 
 
 def _first_line(exc: BaseException) -> str:

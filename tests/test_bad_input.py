@@ -159,3 +159,27 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path, toy_model, capsys):
     assert not any("MGHNICU_002" in n for n in names)
     assert "2 ok, 1 failed" in captured.err and "MGHNICU_002" in captured.err
     assert "failed" in (tmp_path / "out/summary.csv").read_text()
+
+
+def test_memory_limit_as_rlimit_data_fails_cleanly(tmp_path, toy_model, case):
+    """Grand Challenge applies its memory limit as RLIMIT_DATA: an overrun must be one error line, not a crash."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = (
+        "import resource, sys, numpy, onnxruntime, SimpleITK, scipy.ndimage\n"
+        "resource.setrlimit(resource.RLIMIT_DATA, (200 * 2**20, 200 * 2**20))\n"
+        "from hieseg.cli import grand_challenge_main\n"
+        f"sys.exit(grand_challenge_main(['--input', {str(case)!r}, '--output', {str(tmp_path / 'out')!r}, "
+        f"'--model', {str(toy_model)!r}]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the case fit in 200 MiB of data segment here")
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(errors) == 1 and ("memory" in errors[0].lower()), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "images").exists()
