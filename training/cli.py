@@ -1,0 +1,211 @@
+"""python -m training [--quick] [STAGE ...]: tarball -> split -> cross-validation -> OOF tuning -> ONNX -> model/.
+
+Stages (default ``all``): ``cv`` (train every member on every fold, resuming, then out-of-fold predictions),
+``tune`` (fusion on the OOF predictions available), ``export`` (ONNX + parity + manifest for the folds finished),
+``report`` (RESULTS.md + learning curve). Re-running a stage skips what is already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from .data import REPO, SPLITS, TARBALL, ensure_data, load_cases, load_split, make_split
+
+QUICK_CASES = ["MGHNICU_438", "MGHNICU_447"]
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+class Run:
+    def __init__(self, args):
+        import torch
+
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.quick = args.quick
+        self.workdir = Path(args.workdir or (REPO / "training" / "runs" / ("quick" if args.quick else "cv")))
+        self.model_dir = Path(args.model_dir or (self.workdir / "model" if args.quick else REPO / "model"))
+        self.members = config.quick(config.MEMBERS) if args.quick else config.MEMBERS
+        self.root = ensure_data()
+        ids = QUICK_CASES if args.quick else None
+        self.cases = load_cases(self.root, ids)
+        if args.quick:
+            self.split = make_split({c: self.cases[c].burden for c in QUICK_CASES}, n_folds=2)
+        else:
+            if not SPLITS.is_file():
+                SPLITS.write_text(json.dumps(make_split({c: v.burden for c, v in self.cases.items()}), indent=1) + "\n")
+            self.split = load_split()
+        self.folds = self.split["folds"]
+        # intensity statistics over all brain voxels of the cases (unsupervised; no labels involved)
+        self.stats = config.brain_stats(list(self.cases.values()))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        settings = {"loss": args.loss, "intensity": args.intensity}
+        sfile = self.workdir / "settings.json"
+        if sfile.is_file():
+            old = json.loads(sfile.read_text())
+            if old != settings:
+                raise SystemExit(f"{self.workdir} was started with {old}; use another --workdir for {settings}")
+        else:
+            sfile.write_text(json.dumps(settings) + "\n")
+
+    def channels(self, name: str) -> list[dict]:
+        return config.channel_specs(self.members[name]["sources"], self.args.intensity, self.stats)
+
+    def samples(self, name: str, ids: list[str]):
+        from .train import prepare_case
+
+        spec = self.members[name]
+        return [prepare_case(self.cases[c], self.channels(name), spec["target_spacing_zyx"]) for c in ids]
+
+    def fold_dir(self, name: str, k: int) -> Path:
+        return self.workdir / name / f"fold{k}"
+
+    def oof_path(self, name: str, case_id: str) -> Path:
+        return self.workdir / "oof" / name / f"{case_id}.npz"
+
+    def fold_done(self, k: int) -> bool:
+        return all((self.fold_dir(n, k) / "final.pt").is_file() and
+                   all(self.oof_path(n, c).is_file() for c in self.folds[k]) for n in self.members)
+
+    # ------------------------------------------------------------ stages
+
+    def cv(self) -> None:
+        from hieseg import preprocess
+
+        from .train import member_probability, train_member
+
+        for k, val_ids in enumerate(self.folds):
+            if self.args.folds is not None and k not in self.args.folds:
+                continue
+            if self.fold_done(k):
+                log(f"fold {k}: done")
+                continue
+            train_ids = [c for f, ids in enumerate(self.folds) if f != k for c in ids]
+            for name, spec in self.members.items():
+                log(f"fold {k} {name}: {len(train_ids)} train / {len(val_ids)} val cases")
+                val = self.samples(name, val_ids)
+                net = train_member(spec, self.samples(name, train_ids), val, self.fold_dir(name, k),
+                                   self.args.loss, seed=1000 * k + (1 if spec["kind"] == "3d" else 2), log=log)
+                for s in val:
+                    path = self.oof_path(name, s.case_id)
+                    if path.is_file():
+                        continue
+                    prob = preprocess.restore(member_probability(net, s.image, spec), s.prepared)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(path.with_suffix(".tmp.npz"), prob=prob.astype(np.float16))
+                    os.replace(path.with_suffix(".tmp.npz"), path)
+                log(f"fold {k} {name}: OOF predictions written")
+
+    def finished_folds(self) -> list[int]:
+        return [k for k in range(len(self.folds)) if self.fold_done(k)]
+
+    def oof_cases(self, folds: list[int]) -> list[dict]:
+        out = []
+        for k in folds:
+            for cid in self.folds[k]:
+                c = self.cases[cid]
+                probs = {n: np.load(self.oof_path(n, cid))["prob"].astype(np.float32) for n in self.members}
+                out.append({"case_id": cid, "fold": k, "probs": probs, "truth": c.label, "brain": c.brain,
+                            "spacing_zyx": c.spacing_zyx, "burden": c.burden})
+        return out
+
+    def tune(self) -> dict:
+        from hieseg.baseline import baseline_mask
+        from hieseg.manifest import Fusion
+        from hieseg.metrics import burden_stratum, case_metrics
+        from hieseg.postprocess import postprocess
+
+        from .tune import fuse, summarise, tune
+
+        folds = self.finished_folds()
+        if not folds:
+            raise SystemExit("no finished fold to tune on: run the cv stage first")
+        cases = self.oof_cases(folds)
+        log(f"tuning fusion on {len(cases)} OOF cases of folds {folds}")
+        best = tune(cases, log=log)
+        fusion = Fusion(best["threshold"], best["min_component_mm3"], best["empty_max_probability_below"],
+                        best["empty_min_lesion_mm3"])
+        rows = defaultdict(list)
+        per_case = []
+        variants = {"ensemble": best["w3d"]}
+        if len(self.members) > 1:
+            variants.update({"unet3d only": 1.0, "unetpp2d only": 0.0})
+        for c in cases:
+            row = {"case_id": c["case_id"], "fold": c["fold"], "stratum": burden_stratum(c["burden"]),
+                   "burden": c["burden"]}
+            for vname, w in variants.items():
+                mask = postprocess(fuse(c["probs"], w), c["brain"], c["spacing_zyx"], fusion)
+                m = case_metrics(c["truth"], mask, c["spacing_zyx"])
+                row[vname] = m
+            ad = self.cases[c["case_id"]]
+            row["baseline"] = case_metrics(c["truth"], baseline_mask(ad.adc, ad.zadc), c["spacing_zyx"])
+            per_case.append(row)
+        scores = {}
+        for vname in list(variants) + ["baseline"]:
+            scores[vname] = {"overall": summarise([r[vname] for r in per_case]),
+                             "per_fold": {str(k): summarise([r[vname] for r in per_case if r["fold"] == k])
+                                          for k in folds},
+                             "per_stratum": {s: summarise([r[vname] for r in per_case if r["stratum"] == s])
+                                             for s in ("none", "<1%", "1-5%", ">5%")}}
+        result = {"folds": folds, "fusion": best, "scores": scores, "per_case": per_case,
+                  "n_folds_total": len(self.folds)}
+        (self.workdir / "tuning.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        o, b = scores["ensemble"]["overall"], scores["baseline"]["overall"]
+        log(f"OOF ensemble dice {o['dice']:.3f} masd {o['masd']:.2f} nsd {o['nsd']:.3f} | "
+            f"baseline dice {b['dice']:.3f} masd {b['masd']:.2f} nsd {b['nsd']:.3f}")
+        return result
+
+    def export(self) -> None:
+        from .export import export_all
+
+        tuning = json.loads((self.workdir / "tuning.json").read_text())
+        export_all(self, tuning, log=log)
+
+    def report(self) -> None:
+        from .report import write_report
+
+        write_report(self, log=log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stages", nargs="*", default=[], help="all (default), cv, tune, export, report")
+    p.add_argument("--quick", action="store_true", help="2 cases, 2 folds, a few iterations (CI): same code path")
+    p.add_argument("--workdir", help="checkpoints, OOF predictions and logs (default training/runs/cv or /quick)")
+    p.add_argument("--model-dir", help="where the ONNX members and manifest go (default model/, quick: workdir/model)")
+    p.add_argument("--loss", default=config.DEFAULT_LOSS, choices=config.LOSSES)
+    p.add_argument("--intensity", default=config.DEFAULT_INTENSITY, choices=config.INTENSITIES)
+    p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], help="cv: only these folds")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    bad = [s for s in args.stages if s not in ("all", "cv", "tune", "export", "report")]
+    if bad:
+        p.error(f"unknown stage(s) {bad}")
+    stages = ["cv", "tune", "export", "report"] if not args.stages or "all" in args.stages else args.stages
+    t0 = time.time()
+    run = Run(args)
+    for stage in stages:
+        log(f"== {stage}")
+        getattr(run, stage)()
+    log(f"done in {time.time() - t0:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""ONNX export of the finished folds' members, ORT-vs-torch parity on a real case, model/manifest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import CROP_MARGIN_MM, TTA_FLIPS
+from .data import REPO, TARBALL
+from .nets import WithSigmoid, build
+
+PARITY_TOL = 1e-4
+
+
+def load_net(final_pt: Path, kind: str, n_ch: int, arch: dict) -> torch.nn.Module:
+    net = build(kind, n_ch, arch)
+    net.load_state_dict(torch.load(final_pt, map_location="cpu")["net"])
+    return net.eval()
+
+
+def export_onnx(net: torch.nn.Module, kind: str, n_ch: int, path: Path) -> None:
+    wrapped = WithSigmoid(net).eval()
+    example = torch.zeros((1, n_ch, 8, 32, 32) if kind == "3d" else (2, n_ch, 32, 32))
+    axes = {0: "n", 2: "z", 3: "y", 4: "x"} if kind == "3d" else {0: "n", 2: "y", 3: "x"}
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, example, str(tmp), input_names=["image"], output_names=["probability"],
+                          dynamic_axes={"image": axes, "probability": axes}, opset_version=17, dynamo=False)
+    os.replace(tmp, path)
+
+
+def parity(net: torch.nn.Module, onnx_path: Path, image: np.ndarray, spec: dict) -> float:
+    """max |ORT - torch| over the member's whole-volume input of a real case (as the runtime feeds it)."""
+    import onnxruntime as ort
+
+    from hieseg.inferers import pad_spatial, padded_shape
+
+    if spec["kind"] == "3d":
+        batch = image[None]
+        shape = padded_shape(batch.shape[2:], spec["divisible_by"])
+    else:
+        batch = np.moveaxis(image, 1, 0)
+        shape = padded_shape(batch.shape[2:], spec["divisible_by"])
+    batch, _ = pad_spatial(np.ascontiguousarray(batch, dtype=np.float32), shape)
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: np.ascontiguousarray(batch)})[0]
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(np.ascontiguousarray(batch)))).numpy()
+    return float(np.abs(got - ref).max())
+
+
+def git_commit() -> dict:
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD"), "dirty_training": bool(git("status", "--porcelain", "training"))}
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for b in iter(lambda: fh.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _round(obj, nd=4):
+    if isinstance(obj, float):
+        return None if obj != obj else round(obj, nd)
+    if isinstance(obj, dict):
+        return {k: _round(v, nd) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v, nd) for v in obj]
+    return obj
+
+
+def export_all(run, tuning: dict, log=print) -> dict:
+    from hieseg.io import write_json
+    from hieseg.manifest import load_manifest
+
+    folds = tuning["folds"]
+    fusion = tuning["fusion"]
+    model_dir: Path = run.model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for old in list(model_dir.glob("*.onnx")) + [model_dir / "manifest.json"]:
+        old.unlink(missing_ok=True)
+    weights = {"unet3d": fusion["w3d"], "unetpp2d": 1.0 - fusion["w3d"]} if len(run.members) > 1 else {
+        n: 1.0 for n in run.members}
+    members, parities = [], {}
+    for name, spec in run.members.items():
+        if weights[name] <= 0:
+            log(f"  {name}: fusion weight 0, not shipped")
+            continue
+        channels = run.channels(name)
+        for k in folds:
+            net = load_net(run.fold_dir(name, k) / "final.pt", spec["kind"], len(channels), spec["arch"])
+            fname = f"{name}_f{k}.onnx"
+            export_onnx(net, spec["kind"], len(channels), model_dir / fname)
+            sample = run.samples(name, [run.folds[k][0]])[0]
+            diff = parity(net, model_dir / fname, sample.image, spec)
+            parities[fname] = diff
+            log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id}")
+            if diff > PARITY_TOL:
+                raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
+            members.append({
+                "name": f"{name}_f{k}", "file": fname, "sha256": _sha(model_dir / fname), "kind": spec["kind"],
+                "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
+                "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
+                "batch_size": spec["infer_batch"], "tta_flips": TTA_FLIPS,
+                "weight": round(weights[name] / len(folds), 6)})
+    complete = len(folds) == tuning["n_folds_total"]
+    n_cases = sum(len(run.folds[k]) for k in folds)
+    status = ("final: all folds, fusion tuned on all out-of-fold predictions" if complete else
+              f"interim: fold(s) {folds} only, fusion tuned and scored on their {n_cases} validation cases")
+    if run.quick:
+        status = "quick (CI smoke run): a few iterations on 2 cases; not a real model"
+    scores = tuning["scores"]
+    manifest = {
+        "schema_version": 1,
+        "name": "hieseg-bonbid",
+        "version": ("quick" if run.quick else ("cv5" if complete else "interim-f" + "".join(map(str, folds)))),
+        "preprocessing": {"crop_margin_mm": CROP_MARGIN_MM},
+        "members": members,
+        "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
+                   "empty_case": {"max_probability_below": fusion["empty_max_probability_below"],
+                                  "min_lesion_mm3": fusion["empty_min_lesion_mm3"]}},
+        "provenance": _round({
+            "status": status,
+            "training": {**git_commit(), "command": "python -m training all" + (" --quick" if run.quick else ""),
+                         "loss": run.args.loss, "intensity": run.args.intensity,
+                         "torch": torch.__version__, "members": {n: {k: v for k, v in s.items()}
+                                                                  for n, s in run.members.items()}},
+            "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
+                     "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
+                     "folds_used": folds, "n_cases_scored": n_cases},
+            "cv_scores": {"note": "out-of-fold; fusion tuned on the same OOF predictions (optimistic by the "
+                                  "tuning); MASD mean skips cases with an empty mask or empty truth",
+                          "ensemble": scores["ensemble"], "baseline_zadc_below_-2": scores["baseline"],
+                          **{k: v["overall"] for k, v in scores.items() if k.endswith("only")}},
+            "fusion_tuning": {k: fusion[k] for k in ("w3d", "mean_dice", "mean_nsd", "n_cases")},
+            "parity_max_abs_ort_vs_torch": parities,
+        }),
+    }
+    write_json(manifest, model_dir / "manifest.json")
+    m = load_manifest(model_dir)
+    size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+    log(f"  manifest OK: {len(m.members)} members, {size / 2**20:.1f} MiB in {model_dir}")
+    return manifest

@@ -1,0 +1,300 @@
+"""Training one member on one fold: patch sampling with foreground oversampling, augmentation, MONAI losses,
+a checkpoint every CKPT_EVERY iterations that a restarted run resumes from exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hieseg import preprocess
+from hieseg.inferers import predict_volume, with_flips
+
+from .config import CKPT_EVERY, CROP_MARGIN_MM, TTA_FLIPS
+from .data import RawCase
+from .nets import build
+
+
+@dataclass
+class Sample:
+    case_id: str
+    image: np.ndarray  # (C, z, y, x) at the member's spacing
+    label: np.ndarray  # (z, y, x) bool at the member's spacing
+    prepared: preprocess.Prepared
+
+
+def prepare_case(case: RawCase, channels: list[dict], target_spacing) -> Sample:
+    """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid."""
+    crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, CROP_MARGIN_MM)
+    prep = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, channels, target_spacing, crop)
+    label = preprocess.resample_mask(case.label[crop], prep.image.shape[1:])
+    return Sample(case.case_id, prep.image, label, prep)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _pad_to(image: np.ndarray, label: np.ndarray, patch) -> tuple[np.ndarray, np.ndarray]:
+    spatial = image.shape[1:]
+    need = [max(p - s, 0) for p, s in zip(patch, spatial[-len(patch):])]
+    if not any(need):
+        return image, label
+    lead = len(spatial) - len(patch)
+    pads = [(0, 0)] * lead + [(n // 2, n - n // 2) for n in need]
+    return np.pad(image, [(0, 0)] + pads), np.pad(label, pads)
+
+
+class Sampler:
+    """Random patches (3d) or slice crops (2d); a third of them centred on a lesion voxel (nnU-Net style)."""
+
+    def __init__(self, samples: list[Sample], kind: str, patch, rng: np.random.Generator, fg_fraction: float = 1 / 3):
+        self.kind, self.patch, self.rng, self.fg = kind, list(patch), rng, fg_fraction
+        self.items = []
+        for s in samples:
+            img, lab = s.image, s.label
+            if kind == "2d":
+                img, lab = _pad_to(img, lab, self.patch)
+            else:
+                img, lab = _pad_to(img, lab, self.patch)
+            fg = np.argwhere(lab)
+            brain_slices = np.flatnonzero(np.abs(img[0]).reshape(img.shape[1], -1).max(axis=1) > 0)
+            self.items.append((img, lab, fg, brain_slices))
+
+    def _corner(self, shape, centre):
+        return [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, self.patch, shape)]
+
+    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for _ in range(size):
+            img, lab, fg, brain_slices = self.items[self.rng.integers(len(self.items))]
+            use_fg = len(fg) > 0 and self.rng.random() < self.fg
+            if self.kind == "3d":
+                shape = lab.shape
+                if use_fg:
+                    centre = fg[self.rng.integers(len(fg))]
+                else:
+                    centre = [self.rng.integers(n) for n in shape]
+                c = self._corner(shape, centre)
+                sl = tuple(slice(a, a + p) for a, p in zip(c, self.patch))
+                xs.append(img[(slice(None),) + sl])
+                ys.append(lab[sl][None])
+            else:
+                if use_fg:
+                    z, y, x = fg[self.rng.integers(len(fg))]
+                else:
+                    pool = brain_slices if len(brain_slices) else np.arange(lab.shape[0])
+                    z = pool[self.rng.integers(len(pool))]
+                    y, x = self.rng.integers(lab.shape[1]), self.rng.integers(lab.shape[2])
+                c = self._corner(lab.shape[1:], (y, x))
+                sl = (slice(c[0], c[0] + self.patch[0]), slice(c[1], c[1] + self.patch[1]))
+                xs.append(img[:, z][(slice(None),) + sl])
+                ys.append(lab[z][sl][None])
+        return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
+
+
+# ---------------------------------------------------------------- augmentation (torch, on the batch)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, n_intensity: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flips, small in-plane affine, gamma, noise, blur and anisotropy (low-resolution simulation).
+
+    ``x``: (B, C, [z,] y, x); intensity augmentation touches the first ``n_intensity`` channels only (the binary
+    prior channel is moved with the geometry but not re-valued)."""
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen)
+
+    b = x.shape[0]
+    dims = x.ndim - 2
+    # left-right flip per sample
+    flip = rand(b) < 0.5
+    if flip.any():
+        x[flip] = torch.flip(x[flip], dims=[-1])
+        y[flip] = torch.flip(y[flip], dims=[-1])
+    # in-plane rotation +-15 deg and scale 0.85-1.15, p = 0.3 per sample
+    do = rand(b) < 0.3
+    if do.any():
+        n = int(do.sum())
+        ang = (rand(n) * 2 - 1) * math.radians(15)
+        scale = 0.85 + 0.3 * rand(n)
+        cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+        if dims == 2:
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+        else:
+            theta = torch.zeros(n, 3, 4)
+            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+            theta[:, 2, 2] = 1.0
+        grid = F.affine_grid(theta, list(x[do].shape), align_corners=False)
+        x[do] = F.grid_sample(x[do], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        y[do] = (F.grid_sample(y[do], grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).float()
+        if x.shape[1] > n_intensity:  # keep the prior binary
+            x[do, n_intensity:] = (x[do, n_intensity:] >= 0.5).float()
+    xi = x[:, :n_intensity]
+    # gamma on the min-max normalised channel, p = 0.3
+    for i in torch.nonzero(rand(b) < 0.3).flatten().tolist():
+        v = xi[i]
+        lo = v.amin(dim=tuple(range(1, v.ndim)), keepdim=True)
+        hi = v.amax(dim=tuple(range(1, v.ndim)), keepdim=True)
+        g = 0.7 + 0.8 * float(rand(1))
+        xi[i] = ((v - lo) / (hi - lo + 1e-6)).clamp(0, 1) ** g * (hi - lo) + lo
+    # gaussian noise, p = 0.15
+    noisy = rand(b) < 0.15
+    if noisy.any():
+        xi[noisy] += torch.randn(xi[noisy].shape, generator=gen) * (0.1 * rand(1).item())
+    # in-plane gaussian blur, p = 0.1
+    for i in torch.nonzero(rand(b) < 0.1).flatten().tolist():
+        sigma = 0.5 + 0.5 * float(rand(1))
+        k = torch.exp(-0.5 * (torch.arange(-2, 3, dtype=torch.float32) / sigma) ** 2)
+        k = (k / k.sum())
+        c = xi.shape[1]
+        v = xi[i:i + 1]
+        flat = v.reshape(1, -1, *v.shape[-2:]) if dims == 3 else v
+        ch = flat.shape[1]
+        flat = F.conv2d(F.pad(flat, (2, 2, 0, 0), mode="replicate"), k.view(1, 1, 1, 5).repeat(ch, 1, 1, 1), groups=ch)
+        flat = F.conv2d(F.pad(flat, (0, 0, 2, 2), mode="replicate"), k.view(1, 1, 5, 1).repeat(ch, 1, 1, 1), groups=ch)
+        xi[i:i + 1] = flat.reshape(1, c, *v.shape[2:])
+    # anisotropy / low resolution: in-plane down by 1.5-2x and back up, p = 0.15
+    for i in torch.nonzero(rand(b) < 0.15).flatten().tolist():
+        f = 1.5 + 0.5 * float(rand(1))
+        v = xi[i:i + 1]
+        size = v.shape[2:]
+        if dims == 3:
+            small = [size[0], max(int(size[1] / f), 4), max(int(size[2] / f), 4)]
+            xi[i:i + 1] = F.interpolate(F.interpolate(v, size=small, mode="nearest"), size=list(size), mode="trilinear")
+        else:
+            small = [max(int(size[0] / f), 4), max(int(size[1] / f), 4)]
+            xi[i:i + 1] = F.interpolate(F.interpolate(v, size=small, mode="nearest"), size=list(size), mode="bilinear")
+    x[:, :n_intensity] = xi
+    return x, y
+
+
+# ---------------------------------------------------------------- losses (MONAI)
+
+
+class Loss:
+    def __init__(self, name: str, iterations: int):
+        from monai.losses import DiceFocalLoss, FocalLoss, HausdorffDTLoss, LogHausdorffDTLoss, TverskyLoss
+
+        self.name, self.iterations = name, max(iterations, 1)
+        if name == "tlhf":  # SPARSeg: Tversky(0.3, 0.7) x1.5 + LogHausdorffDT x2 + Focal(gamma 3) x ramp 2 -> 4
+            self.tversky = TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)
+            self.hd = LogHausdorffDTLoss(sigmoid=True, include_background=True)
+            self.focal = FocalLoss(gamma=3.0)
+        elif name == "tvhd":  # Tversky + HausdorffDT
+            self.tversky = TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)
+            self.hd = HausdorffDTLoss(sigmoid=True, include_background=True)
+        elif name == "dicefocal":
+            self.df = DiceFocalLoss(sigmoid=True, batch=True)
+        else:
+            raise ValueError(f"unknown loss {name!r}")
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, iteration: int) -> torch.Tensor:
+        if self.name == "tlhf":
+            ramp = 2.0 + 2.0 * min(iteration / self.iterations, 1.0)
+            return 1.5 * self.tversky(logits, target) + 2.0 * self.hd(logits, target) + ramp * self.focal(logits, target)
+        if self.name == "tvhd":
+            return self.tversky(logits, target) + self.hd(logits, target)
+        return self.df(logits, target)
+
+
+# ---------------------------------------------------------------- inference (mimics the runtime)
+
+
+def torch_predict_fn(net: torch.nn.Module):
+    def fn(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.sigmoid(net(torch.from_numpy(batch))).numpy()
+    return fn
+
+
+def member_probability(net: torch.nn.Module, image: np.ndarray, spec: dict, flips=TTA_FLIPS) -> np.ndarray:
+    """Probabilities at the member's spacing, through hieseg's own tiling / padding / flip-TTA code."""
+    fn = torch_predict_fn(net)
+    return with_flips(image, lambda img: predict_volume(img, fn, spec["kind"], spec["patch_size"],
+                                                        spec["divisible_by"], spec["infer_batch"]), flips)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / float(s)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Path, loss_name: str,
+                 seed: int, log=print) -> torch.nn.Module:
+    """Train (or resume) one member; returns the final network. ``out_dir`` holds last.pt, final.pt, curve.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "final.pt"
+    n_ch = train[0].image.shape[0]
+    net = build(spec["kind"], n_ch, spec["arch"])
+    if final.is_file():
+        net.load_state_dict(torch.load(final, map_location="cpu")["net"])
+        net.eval()
+        return net
+    iters = int(spec["iterations"])
+    opt = torch.optim.AdamW(net.parameters(), lr=spec["lr"], weight_decay=1e-4)
+    warm = min(50, max(iters // 10, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(iters - warm, 1))))
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    start, curve = 0, {"iteration": [], "train_loss": [], "val_dice": [], "seconds": []}
+    last = out_dir / "last.pt"
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        rng.bit_generator.state = state["rng"]
+        gen.set_state(state["gen"])
+        start, curve = state["iteration"], state["curve"]
+        log(f"  resumed {out_dir.name} at iteration {start}/{iters}")
+    sampler = Sampler(train, spec["kind"], spec["train_patch"], rng)
+    loss_fn = Loss(loss_name, iters)
+    n_int = sum(1 for s in spec["sources"] if s != "prior")
+    net.train()
+    running, t0 = [], time.time()
+    for it in range(start, iters):
+        x, y = sampler.batch(spec["batch"])
+        x, y = augment(torch.from_numpy(x), torch.from_numpy(y), n_int, gen)
+        loss = loss_fn(net(x), y, it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        done = it + 1
+        if done % CKPT_EVERY == 0 or done == iters:
+            net.eval()
+            vd = [_dice(member_probability(net, s.image, spec, flips=[[]]) >= 0.5, s.label) for s in val]
+            net.train()
+            curve["iteration"].append(done)
+            curve["train_loss"].append(float(np.mean(running)) if running else float("nan"))
+            curve["val_dice"].append(float(np.mean(vd)) if vd else float("nan"))
+            curve["seconds"].append(time.time() - t0)
+            log(f"  {out_dir.parent.name}/{out_dir.name} it {done}/{iters} loss {curve['train_loss'][-1]:.4f} "
+                f"val dice@0.5 {curve['val_dice'][-1]:.3f} ({time.time() - t0:.0f}s)")
+            running, t0 = [], time.time()
+            _atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                          "rng": rng.bit_generator.state, "gen": gen.get_state(), "iteration": done,
+                          "curve": curve}, last)
+    net.eval()
+    (out_dir / "curve.json").write_text(json.dumps(curve) + "\n")
+    _atomic_save({"net": net.state_dict(), "spec": spec, "loss": loss_name, "curve": curve}, final)
+    return net
