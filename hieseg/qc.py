@@ -82,19 +82,28 @@ def write_montage(adc: np.ndarray, pred: np.ndarray, path: str | Path, truth: np
     aspect = 1.0 if spacing_zyx is None else float(spacing_zyx[1]) / float(spacing_zyx[2])
     brain = adc[adc > 0]
     vmax = float(np.percentile(brain, 99.5)) if brain.size else float(adc.max() or 1.0)
+    # Show the in-plane box of brain and lesions (with a small margin), not the empty field of view.
+    shown = (adc[slices] > 0) | pred[slices] | (truth[slices] if truth is not None else False)
+    if shown.any():
+        ys, xs = np.flatnonzero(shown.any(axis=(0, 2))), np.flatnonzero(shown.any(axis=(0, 1)))
+        box = (slice(max(ys[0] - 3, 0), ys[-1] + 4), slice(max(xs[0] - 3, 0), xs[-1] + 4))
+    else:
+        box = (slice(None), slice(None))
+    adc, pred = adc[(slice(None),) + box], pred[(slice(None),) + box]
+    truth = None if truth is None else truth[(slice(None),) + box]
 
     columns = min(6, len(slices))
     rows = math.ceil(len(slices) / columns)
-    panel = 2.4
+    panel = 2.6
     figure = _figure(columns * panel, rows * panel * min(max(aspect * adc.shape[1] / adc.shape[2], 0.5), 2.0) + 0.8)
     figure.set_facecolor("black")
     for i, z in enumerate(slices):
         ax = figure.add_subplot(rows, columns, i + 1)
         ax.imshow(adc[z], cmap="gray", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
         if truth is not None and truth[z].any():
-            ax.contour(truth[z].astype(np.float32), levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.0)
+            ax.contour(truth[z].astype(np.float32), levels=[0.5], colors=TRUTH_COLOUR, linewidths=2.2)
         if pred[z].any():
-            ax.contour(pred[z].astype(np.float32), levels=[0.5], colors=PRED_COLOUR, linewidths=1.0)
+            ax.contour(pred[z].astype(np.float32), levels=[0.5], colors=PRED_COLOUR, linewidths=0.9)
         ax.set_title(f"z={z}", color="white", fontsize=8, pad=2)
         ax.set_axis_off()
     legend = "prediction: magenta" if truth is None else "truth: green   prediction: magenta"
