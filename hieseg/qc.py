@@ -146,6 +146,9 @@ def write_summary_plot(rows: Sequence[Mapping], path: str | Path, title: str = "
     ax.set_ylabel("Dice")
     ax.set_title(title or "Dice vs lesion burden", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no scored cases", transform=ax.transAxes, ha="center", va="center", color="#7f7f7f")
     figure.tight_layout()
     return _save(figure, path)
