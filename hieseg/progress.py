@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Iterable, Iterator, TypeVar
@@ -10,7 +11,10 @@ T = TypeVar("T")
 
 
 def progress(items: Iterable[T], total: int | None = None, desc: str = "", stream=None) -> Iterator[T]:
-    """Yield ``items`` while drawing ``desc [####----] k/n elapsed eta`` on stderr."""
+    """Yield ``items`` while drawing ``desc [####----] k/n elapsed eta`` on stderr (silent under ``-q``)."""
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        yield from items
+        return
     stream = stream or sys.stderr
     total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)  # type: ignore[arg-type]
     tty = stream.isatty()
