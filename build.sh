@@ -8,7 +8,8 @@
 #   ./build.sh --no-cache                        # extra arguments go to docker build
 #
 # Environment: BASE_IMAGE (default: the Dockerfile's CUDA base), VARIANT (gpu|cpu, default gpu), IMAGE (repository
-# name, default hieseg), PYTHON_VERSIONS (wheels to fetch, default "3.11 3.12"), DOCKER (default docker).
+# name, default hieseg), PYTHON_VERSIONS (CPython(s) to fetch wheels for; default: probed from the base image when
+# it is present locally, 3.12 for the default Ubuntu 24.04 CUDA base), DOCKER (default docker).
 # Prints the built tag as the last line of stdout.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -24,6 +25,25 @@ if [[ ! -f model/manifest.json ]]; then
   echo "build.sh: model/manifest.json is missing: the image bakes in model/ (manifest + ONNX files)." >&2
   echo "          Export the trained ensemble to model/ first." >&2
   exit 1
+fi
+# Wheels for the CPython the image will run: python3 of the base if it has one, else what its apt installs.
+if [[ -z "${PYTHON_VERSIONS:-}" ]]; then
+  base="${BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)}"
+  pv=""
+  if "$docker" image inspect "$base" >/dev/null 2>&1; then
+    pv="$("$docker" run --rm --network none --entrypoint sh "$base" -c \
+      'if command -v python3 >/dev/null; then python3 -c "import sys; print(\"%d.%d\" % sys.version_info[:2])";
+       else . /etc/os-release; echo "$ID-$VERSION_ID"; fi' 2>/dev/null || true)"
+    case "$pv" in
+      3.*) ;;
+      debian-12) pv=3.11 ;; debian-13) pv=3.13 ;; ubuntu-24.04) pv=3.12 ;;
+      ubuntu-22.04) echo "build.sh: Ubuntu 22.04 has Python 3.10; numpy 2.4 needs >= 3.11: use an ubuntu24.04 base" >&2; exit 1 ;;
+      *) pv="" ;;
+    esac
+  elif [[ "$base" == *ubuntu24.04* ]]; then
+    pv=3.12
+  fi
+  export PYTHON_VERSIONS="${pv:-3.11 3.12}"
 fi
 scripts/make_wheelhouse.sh "$variant"
 

@@ -8,6 +8,7 @@
 #   PYTHON_VERSIONS="3.11 3.12"                 # CPython(s) of the base images you build on:
 #                                               #   3.11 Debian bookworm (local base), 3.12 Ubuntu 24.04 (CUDA base)
 #   FORCE=1                                     # re-download even when the stamp matches
+#   (build.sh sets PYTHON_VERSIONS from the base image when that image is present locally)
 #
 # Result: wheelhouse/<variant>/*.whl, SHA256SUMS and a .stamp of its inputs; build.sh calls this when the stamp
 # is missing or stale. wheelhouse/ is git-ignored.
@@ -22,11 +23,20 @@ esac
 pythons="${PYTHON_VERSIONS:-3.11 3.12}"
 constraints=scripts/container-constraints.txt
 dest="wheelhouse/$variant"
-stamp_value="$(cat "$req" "$constraints" | sha256sum | cut -c1-16) python=${pythons// /,}"
-if [[ "${FORCE:-0}" != 1 && -f "$dest/.stamp" && "$(cat "$dest/.stamp")" == "$stamp_value" ]]; then
-  echo "make_wheelhouse: $dest is up to date ($stamp_value)" >&2
-  exit 0
+inputs="$(cat "$req" "$constraints" | sha256sum | cut -c1-16)"
+# The stamp records the inputs' hash and the CPythons present; a wheelhouse that already holds every requested
+# CPython for the same inputs is kept, and a re-download keeps the CPythons it had.
+if [[ -f "$dest/.stamp" && "$(cut -d' ' -f1 "$dest/.stamp")" == "$inputs" ]]; then
+  have="$(cut -d' ' -f2- "$dest/.stamp")"
+  missing=""
+  for pv in $pythons; do [[ " $have " == *" $pv "* ]] || missing+=" $pv"; done
+  if [[ -z "$missing" && "${FORCE:-0}" != 1 ]]; then
+    echo "make_wheelhouse: $dest is up to date (CPython $have)" >&2
+    exit 0
+  fi
+  pythons="$(echo $have $pythons | tr ' ' '\n' | sort -uV | tr '\n' ' ')"
 fi
+pythons="$(echo $pythons)"
 # A python with pip on the host: the project venv when there is one, else the system python3.
 py="${PYTHON:-}"
 if [[ -z "$py" ]]; then
@@ -44,10 +54,10 @@ for pv in $pythons; do
     --only-binary=:all: --implementation cp --python-version "$pv" --abi "$abi" --abi abi3 --abi none \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform any \
-    -r "$req" -c "$constraints" -d "$tmp"
+    -r "$req" -c "$constraints" -d "$tmp" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 done
 ( cd "$tmp" && sha256sum -- *.whl > SHA256SUMS )
-echo "$stamp_value" > "$tmp/.stamp"
+echo "$inputs $pythons" > "$tmp/.stamp"
 rm -rf "$dest"
 mv "$tmp" "$dest"
 trap - EXIT
