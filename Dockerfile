@@ -42,6 +42,8 @@ RUN set -eux; \
 
 # ---- the image ------------------------------------------------------------------------------------------------
 FROM runtime-base
+# The model folder to bake in, relative to the context: model (default) or build/model (build.sh MODEL_DIR=...).
+ARG MODEL_DIR=model
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -51,7 +53,7 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /opt/app
 # Layer order: dependencies above, then the model (changes per training run), then the code (changes most).
 # A manifest under /opt/ml/model (Grand Challenge's model tarball) takes precedence over this baked-in copy.
-COPY model/ /opt/app/model/
+COPY ${MODEL_DIR}/ /opt/app/model/
 COPY hieseg/ /opt/app/hieseg/
 COPY inference.py /opt/app/
 USER hieseg

@@ -5,6 +5,7 @@
 #   ./build.sh                                   # the submission image: CUDA 12.8 + cuDNN 9 base, onnxruntime-gpu
 #   BASE_IMAGE="$LOCAL_BASE_IMAGE" ./build.sh    # same dependencies on the local Debian base (no GPU here; CI)
 #   VARIANT=cpu ./build.sh                       # onnxruntime (CPU) instead of onnxruntime-gpu: smaller, CPU only
+#   MODEL_DIR=/tmp/candidate ./build.sh          # bake another model folder instead of model/
 #   ./build.sh --no-cache                        # extra arguments go to docker build
 #
 # Environment: BASE_IMAGE (default: the Dockerfile's CUDA base), VARIANT (gpu|cpu, default gpu), IMAGE (repository
@@ -21,9 +22,19 @@ version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg
 image="${IMAGE:-hieseg}"
 tag="$image:$version$suffix"
 
-if [[ ! -f model/manifest.json ]]; then
-  echo "build.sh: model/manifest.json is missing: the image bakes in model/ (manifest + ONNX files)." >&2
-  echo "          Export the trained ensemble to model/ first." >&2
+# The model baked in: model/ by default; MODEL_DIR=/some/folder bakes another one (staged into build/model, which
+# is git-ignored, because the build context is this folder), e.g. a candidate ensemble or a toy model in CI.
+model_dir="model"
+if [[ -n "${MODEL_DIR:-}" ]]; then
+  src="$(cd "$MODEL_DIR" && pwd)"
+  if [[ "$src" != "$PWD/model" ]]; then
+    rm -rf build/model && mkdir -p build && cp -r "$src" build/model
+    model_dir="build/model"
+  fi
+fi
+if [[ ! -f "$model_dir/manifest.json" ]]; then
+  echo "build.sh: $model_dir/manifest.json is missing: the image bakes in the model (manifest + ONNX files)." >&2
+  echo "          Export the trained ensemble to model/ first, or set MODEL_DIR." >&2
   exit 1
 fi
 # Wheels for the CPython the image will run: python3 of the base if it has one, else what its apt installs.
@@ -47,14 +58,14 @@ if [[ -z "${PYTHON_VERSIONS:-}" ]]; then
 fi
 scripts/make_wheelhouse.sh "$variant"
 
-args=(--build-arg "VARIANT=$variant" -t "$tag" -t "$image:latest$suffix"
+args=(--build-arg "VARIANT=$variant" --build-arg "MODEL_DIR=$model_dir" -t "$tag" -t "$image:latest$suffix"
       --label "org.opencontainers.image.version=$version"
       --label "org.opencontainers.image.revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
       --label "org.opencontainers.image.title=hieseg")
 if [[ -n "${BASE_IMAGE:-}" ]]; then
   args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
 fi
-echo "build.sh: building $tag (variant $variant, base ${BASE_IMAGE:-Dockerfile default})" >&2
+echo "build.sh: building $tag (variant $variant, base ${BASE_IMAGE:-Dockerfile default}, model $model_dir)" >&2
 start=$(date +%s)
 "$docker" build "${args[@]}" "$@" . >&2
 echo "build.sh: built $tag in $(( $(date +%s) - start )) s; size $("$docker" image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')" >&2
