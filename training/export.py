@@ -73,7 +73,9 @@ def _sha(path: Path) -> str:
 
 def _round(obj, nd=4):
     if isinstance(obj, float):
-        return None if obj != obj else round(obj, nd)
+        if obj != obj:
+            return None
+        return float(f"{obj:.3g}") if 0 < abs(obj) < 1e-3 else round(obj, nd)
     if isinstance(obj, dict):
         return {k: _round(v, nd) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -93,7 +95,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
         old.unlink(missing_ok=True)
     weights = {"unet3d": fusion["w3d"], "unetpp2d": 1.0 - fusion["w3d"]} if len(run.members) > 1 else {
         n: 1.0 for n in run.members}
-    members, parities = [], {}
+    members, parities, checkpoints = [], {}, {}
     for name, spec in run.members.items():
         if weights[name] <= 0:
             log(f"  {name}: fusion weight 0, not shipped")
@@ -106,6 +108,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
             sample = run.samples(name, [run.folds[k][0]])[0]
             diff = parity(net, model_dir / fname, sample.image, spec)
             parities[fname] = diff
+            checkpoints[fname] = _sha(run.fold_dir(name, k) / "final.pt")
             log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id}")
             if diff > PARITY_TOL:
                 raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
@@ -146,6 +149,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
                           **{k: v["overall"] for k, v in scores.items() if k.endswith("only")}},
             "fusion_tuning": {k: fusion[k] for k in ("w3d", "mean_dice", "mean_nsd", "n_cases")},
             "parity_max_abs_ort_vs_torch": parities,
+            "torch_checkpoint_sha256": checkpoints,
         }),
     }
     write_json(manifest, model_dir / "manifest.json")

@@ -1,0 +1,101 @@
+"""ORT vs torch parity of the exported members on a real case: max |difference| of probabilities <= 1e-4.
+
+Needs the training environment (torch + MONAI, ``training/setup.sh``) and the real cases; skips otherwise, so the
+runtime suite runs without training dependencies. With the training checkpoints of the shipped ``model/`` (in
+``training/runs/cv``), the shipped ONNX files themselves are checked; without them, the export path is checked on
+freshly initialised networks of the shipped architectures.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training environment (torch) not installed: see training/setup.sh")
+pytest.importorskip("monai", reason="training environment (MONAI) not installed: see training/setup.sh")
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the training package lives at the repo root, beside hieseg/
+    sys.path.insert(0, str(REPO))
+MODEL = REPO / "model"
+RUNS = REPO / "training" / "runs" / "cv"
+TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
+CASE = "MGHNICU_438"
+
+
+@pytest.fixture(scope="module")
+def real_case():
+    if not TARBALL.is_file() and not (REPO / ".cache" / "data" / "BONBID2023_Train").is_dir():
+        pytest.skip("real cases not available (../shared/data)")
+    from training.data import ensure_data, load_cases
+
+    return load_cases(ensure_data(), [CASE])[CASE]
+
+
+def _manifest():
+    if not (MODEL / "manifest.json").is_file():
+        pytest.skip("no model/manifest.json")
+    from hieseg.manifest import load_manifest
+
+    return load_manifest(MODEL), json.loads((MODEL / "manifest.json").read_text())
+
+
+def _prepare(case, member):
+    from training.train import prepare_case
+
+    return prepare_case(case, list(member.channels), list(member.target_spacing_zyx))
+
+
+def _spec(member):
+    return {"kind": member.kind, "divisible_by": list(member.divisible_by)}
+
+
+def test_shipped_members_match_their_checkpoints(real_case):
+    from training.export import PARITY_TOL, load_net, parity
+
+    manifest, raw = _manifest()
+    checked = 0
+    for member in manifest.members:
+        base, fold = member.name.rsplit("_f", 1)
+        ckpt = RUNS / base / f"fold{fold}" / "final.pt"
+        if not ckpt.is_file():
+            continue
+        arch = raw["provenance"]["training"]["members"][base]["arch"]
+        net = load_net(ckpt, member.kind, len(member.channels), arch)
+        diff = parity(net, member.path, _prepare(real_case, member).image, _spec(member))
+        assert diff <= PARITY_TOL, f"{member.name}: max |ORT - torch| = {diff:.2e}"
+        checked += 1
+    if not checked:
+        pytest.skip("training checkpoints of the shipped members not present (training/runs/cv)")
+
+
+@pytest.mark.parametrize("base", ["unet3d", "unetpp2d"])
+def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
+    from training import config
+    from training.export import PARITY_TOL, export_onnx, parity
+    from training.nets import build
+    from training.train import prepare_case
+
+    spec = config.MEMBERS[base]
+    stats = config.brain_stats([real_case])
+    channels = config.channel_specs(spec["sources"], config.DEFAULT_INTENSITY, stats)
+    torch.manual_seed(0)
+    net = build(spec["kind"], len(channels), spec["arch"]).eval()
+    # non-trivial batch-norm statistics so the folded graph is really compared
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / f"{base}.onnx"
+    export_onnx(net, spec["kind"], len(channels), path)
+    image = prepare_case(real_case, channels, spec["target_spacing_zyx"]).image
+    diff = parity(net, path, image, spec)
+    assert diff <= PARITY_TOL, f"max |ORT - torch| = {diff:.2e}"
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert len(inp.shape) == (5 if spec["kind"] == "3d" else 4)
+    assert all(isinstance(d, str) for d in inp.shape[:1] + inp.shape[2:]), inp.shape  # dynamic batch + spatial
