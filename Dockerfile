@@ -40,10 +40,17 @@ RUN set -eux; \
         --find-links /tmp/wheelhouse -r "/tmp/build/$req" -c /tmp/build/container-constraints.txt; \
     /opt/venv/bin/python -c "import numpy, scipy, SimpleITK, onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
 
-# ---- the image ------------------------------------------------------------------------------------------------
-FROM runtime-base
+# ---- the application files, made world-readable whatever the host's umask was (the image runs as non-root) ------
+FROM runtime-base AS app
 # The model folder to bake in, relative to the context: model (default) or build/model (build.sh MODEL_DIR=...).
 ARG MODEL_DIR=model
+COPY ${MODEL_DIR}/ /opt/app/model/
+COPY hieseg/ /opt/app/hieseg/
+COPY inference.py /opt/app/
+RUN chmod -R u=rwX,go=rX /opt/app
+
+# ---- the image ------------------------------------------------------------------------------------------------
+FROM runtime-base
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -53,8 +60,8 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /opt/app
 # Layer order: dependencies above, then the model (changes per training run), then the code (changes most).
 # A manifest under /opt/ml/model (Grand Challenge's model tarball) takes precedence over this baked-in copy.
-COPY ${MODEL_DIR}/ /opt/app/model/
-COPY hieseg/ /opt/app/hieseg/
-COPY inference.py /opt/app/
+COPY --from=app /opt/app/model/ /opt/app/model/
+COPY --from=app /opt/app/hieseg/ /opt/app/hieseg/
+COPY --from=app /opt/app/inference.py /opt/app/
 USER hieseg
 ENTRYPOINT ["python", "inference.py"]
