@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loss", default=config.DEFAULT_LOSS, choices=config.LOSSES)
     p.add_argument("--intensity", default=config.DEFAULT_INTENSITY, choices=config.INTENSITIES)
     p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], help="cv: only these folds")
+    p.add_argument("--ship-folds", type=lambda s: [int(v) for v in s.split(",")],
+                   help="export: ship only these finished folds' networks (inference-time budget); "
+                        "fusion is still tuned on every finished fold's OOF predictions")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

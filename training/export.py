@@ -88,6 +88,12 @@ def export_all(run, tuning: dict, log=print) -> dict:
     from hieseg.manifest import load_manifest
 
     folds = tuning["folds"]
+    ship = getattr(run.args, "ship_folds", None) or ([folds[0]] if run.quick else None)
+    if ship:
+        missing = [k for k in ship if k not in folds]
+        if missing:
+            raise SystemExit(f"--ship-folds {missing}: not finished")
+        folds = sorted(ship)
     fusion = tuning["fusion"]
     model_dir: Path = run.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -118,17 +124,19 @@ def export_all(run, tuning: dict, log=print) -> dict:
                 "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
                 "batch_size": spec["infer_batch"], "tta_flips": TTA_FLIPS,
                 "weight": round(weights[name] / len(folds), 6)})
-    complete = len(folds) == tuning["n_folds_total"]
-    n_cases = sum(len(run.folds[k]) for k in folds)
-    status = ("final: all folds, fusion tuned on all out-of-fold predictions" if complete else
-              f"interim: fold(s) {folds} only, fusion tuned and scored on their {n_cases} validation cases")
+    complete = len(tuning["folds"]) == tuning["n_folds_total"]
+    n_cases = sum(len(run.folds[k]) for k in tuning["folds"])
+    status = (f"final: all {tuning['n_folds_total']} folds cross-validated, fusion tuned on all {n_cases} "
+              f"out-of-fold predictions; shipped networks of fold(s) {folds}" if complete else
+              f"interim: fold(s) {tuning['folds']} only, fusion tuned and scored on their {n_cases} validation "
+              f"cases; shipped networks of fold(s) {folds}")
     if run.quick:
         status = "quick (CI smoke run): a few iterations on 2 cases; not a real model"
     scores = tuning["scores"]
     manifest = {
         "schema_version": 1,
         "name": "hieseg-bonbid",
-        "version": ("quick" if run.quick else ("cv5" if complete else "interim-f" + "".join(map(str, folds)))),
+        "version": ("quick" if run.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
         "preprocessing": {"crop_margin_mm": CROP_MARGIN_MM},
         "members": members,
         "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
@@ -142,7 +150,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
                                                                   for n, s in run.members.items()}},
             "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
-                     "folds_used": folds, "n_cases_scored": n_cases},
+                     "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {"note": "out-of-fold; fusion tuned on the same OOF predictions (optimistic by the "
                                   "tuning); MASD mean skips cases with an empty mask or empty truth",
                           "ensemble": scores["ensemble"], "baseline_zadc_below_-2": scores["baseline"],

@@ -42,8 +42,8 @@ def learning_curve(run, path: Path) -> bool:
                 continue
             any_curve = True
             style = "-" if name.startswith("unet3d") else "--"
-            axes[0].plot(c["iteration"], c["train_loss"], style, label=f"{name} f{k}")
-            axes[1].plot(c["iteration"], c["val_dice"], style, label=f"{name} f{k}")
+            axes[0].plot(c["iteration"], c["train_loss"], style, marker="o", ms=3, label=f"{name} f{k}")
+            axes[1].plot(c["iteration"], c["val_dice"], style, marker="o", ms=3, label=f"{name} f{k}")
     axes[0].set(xlabel="iteration", ylabel="training loss (mean over the epoch)", title="training loss")
     axes[1].set(xlabel="iteration", ylabel="validation Dice @0.5 (member grid, no TTA)", title="held-out fold")
     for a in axes:
