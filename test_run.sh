@@ -5,8 +5,8 @@
 # one line and that `--device cuda` fails with a clear message (exit 1, one error line, no traceback).
 #
 #   ./test_run.sh [IMAGE]                       # default: hieseg:<version>, or hieseg:<version>-cpu with VARIANT=cpu
-#   MODEL_DIR=/path/to/model ./test_run.sh      # also mount a model folder at /opt/ml/model (GC's model tarball)
-#   INPUT=/path/to/gc-input KEEP_OUTPUT=1 ./test_run.sh
+#   OPT_ML_MODEL=/path/to/model ./test_run.sh   # also mount a model folder at /opt/ml/model (GC's model upload)
+#   INPUT=/path/to/gc-input KEEP_OUTPUT=1 TIMEOUT=900 ./test_run.sh   # TIMEOUT: seconds per container run
 #
 # The checks run inside the image (its SimpleITK), so the host needs only docker.
 set -euo pipefail
@@ -33,7 +33,7 @@ flags=(--network none --cap-drop ALL --security-opt no-new-privileges --shm-size
        --memory 8g --tmpfs /tmp:rw,nosuid,nodev,mode=1777 -v "$input:/input:ro")
 gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; flags+=(--gpus all); fi
-if [[ -n "${MODEL_DIR:-}" ]]; then flags+=(-v "$(cd "$MODEL_DIR" && pwd):/opt/ml/model:ro"); fi
+if [[ -n "${OPT_ML_MODEL:-}" ]]; then flags+=(-v "$(cd "$OPT_ML_MODEL" && pwd):/opt/ml/model:ro"); fi
 
 fail() { echo "test_run.sh: FAIL: $*" >&2; exit 1; }
 # `docker run` without --rm, then the exit code from `docker inspect` and an explicit rm: through podman's Docker
@@ -41,13 +41,14 @@ fail() { echo "test_run.sh: FAIL: $*" >&2; exit 1; }
 run_container() {  # run_container NAME DOCKER-RUN-ARGS... ; sets $rc
   local name="hieseg-test-$$-$1"; shift
   containers+=("$name")
-  "$docker" run --name "$name" "$@" && rc=0 || rc=$?
+  timeout "${TIMEOUT:-900}" "$docker" run --name "$name" "$@" && rc=0 || rc=$?
+  [[ $rc == 124 ]] && echo "test_run.sh: the container ran longer than ${TIMEOUT:-900} s (TIMEOUT)" >&2
   local state; state="$("$docker" inspect -f '{{.State.ExitCode}}' "$name" 2>/dev/null || echo "")"
   [[ -n "$state" && "$state" != 0 && "$rc" == 0 ]] && rc="$state"
   "$docker" rm -f "$name" >/dev/null 2>&1 || true
 }
 
-echo "test_run.sh: $image on $input (GPU: $([[ $gpu == 1 ]] && echo yes || echo no)${MODEL_DIR:+, model $MODEL_DIR at /opt/ml/model})" >&2
+echo "test_run.sh: $image on $input (GPU: $([[ $gpu == 1 ]] && echo yes || echo no)${OPT_ML_MODEL:+, model $OPT_ML_MODEL at /opt/ml/model})" >&2
 start=$(date +%s.%N)
 run_container gc "${flags[@]}" -v "$out/output:/output" "$image" >"$out/stdout.log" 2>"$out/stderr.log"
 seconds=$(echo "$(date +%s.%N) - $start" | bc)
