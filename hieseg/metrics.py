@@ -28,6 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import HiesegError
+from .postprocess import CONNECTIVITY
+from .report import burden_class
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,6 @@ SPACING_ORDERS = ("scorer", "physical")
 # Lesion burden strata, as fractions of the brain volume; cases without a truth lesion form their own stratum.
 STRATA = ("none", "<1%", "1-5%", ">5%")
 # Lesions and predicted components are connected in 3D with face, edge and corner neighbours.
-CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 class MissingDependency(HiesegError, ImportError):
@@ -142,10 +143,4 @@ def lesion_counts(truth: np.ndarray, pred: np.ndarray) -> dict:
 
 def burden_stratum(fraction: float) -> str:
     """Stratum of a lesion burden given as a fraction of the brain: 'none', '<1%', '1-5%' or '>5%'."""
-    if fraction <= 0:
-        return "none"
-    if fraction < 0.01:
-        return "<1%"
-    if fraction <= 0.05:
-        return "1-5%"
-    return ">5%"
+    return "none" if fraction <= 0 else burden_class(100.0 * fraction)
