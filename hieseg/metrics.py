@@ -37,7 +37,6 @@ NSD_TOLERANCE_MM = 2.0
 SPACING_ORDERS = ("scorer", "physical")
 # Lesion burden strata, as fractions of the brain volume; cases without a truth lesion form their own stratum.
 STRATA = ("none", "<1%", "1-5%", ">5%")
-# Lesions and predicted components are connected in 3D with face, edge and corner neighbours.
 
 
 class MissingDependency(HiesegError, ImportError):
