@@ -2,7 +2,8 @@
 # Run the image the way Grand Challenge does, on test/input (one case in GC layout), and check the result:
 # /output/images/hie-lesion-segmentation/overlay.mha exists, is uint8 with values in {0,1}, and has exactly the
 # input ADC's size, spacing, origin and direction. Without a GPU it also checks that the log names the CPU in
-# one line and that `--device cuda` fails with a clear message (exit 1, one error line, no traceback).
+# one line and that `--device cuda` fails with a clear message (exit 1, one error line, no traceback); with a GPU
+# (nvidia-smi works on the host) it runs with --gpus all and checks that the log shows CUDAExecutionProvider in use.
 #
 #   ./test_run.sh [IMAGE]                       # default: hieseg:<version>, or hieseg:<version>-cpu with VARIANT=cpu
 #   OPT_ML_MODEL=/path/to/model ./test_run.sh   # also mount a model folder at /opt/ml/model (GC's model upload)
@@ -93,5 +94,12 @@ if [[ $gpu == 0 ]]; then
   grep -iE 'error.*cuda' "$out/cuda.log" >/dev/null || fail "--device cuda without a GPU: no error line naming CUDA"
   [[ -z "$(ls -A "$out/output-cuda")" ]] || fail "--device cuda without a GPU still wrote output"
   echo "test_run.sh: --device cuda without a GPU fails cleanly (exit $rc)" >&2
+fi
+if [[ $gpu == 1 ]]; then
+  # A GPU was passed in: CUDA must really have run (a CUDA/cuDNN/driver mismatch silently falls back to CPU).
+  if grep -iE 'running on cpu' "$out/stderr.log" >/dev/null || ! grep -q 'CUDAExecutionProvider' "$out/stderr.log"; then
+    fail "a GPU is present but the log does not show CUDAExecutionProvider in use (see the log above)"
+  fi
+  echo "test_run.sh: CUDA reported: $(grep -m1 'CUDAExecutionProvider' "$out/stderr.log")" >&2
 fi
 echo "test_run.sh: PASS ($image)" >&2
