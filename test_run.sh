@@ -50,9 +50,9 @@ run_container() {  # run_container NAME DOCKER-RUN-ARGS... ; sets $rc
 }
 
 echo "test_run.sh: $image on $input (GPU: $([[ $gpu == 1 ]] && echo yes || echo no)${OPT_ML_MODEL:+, model $OPT_ML_MODEL at /opt/ml/model})" >&2
-start=$(date +%s.%N)
+start=$(date +%s%N)
 run_container gc "${flags[@]}" -v "$out/output:/output" "$image" >"$out/stdout.log" 2>"$out/stderr.log"
-seconds=$(echo "$(date +%s.%N) - $start" | bc)
+ms=$(( ($(date +%s%N) - start) / 1000000 )); seconds="$((ms / 1000)).$(printf %03d $((ms % 1000)))"
 sed 's/^/  | /' "$out/stderr.log" >&2
 [[ $rc == 0 ]] || fail "the container exited with $rc"
 echo "test_run.sh: inference run took ${seconds} s" >&2
