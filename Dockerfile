@@ -9,8 +9,8 @@
 # libcudart.so.12, libcublas(Lt).so.12, libcufft.so.11, libcurand.so.10 and libcudnn.so.9, and its METADATA extras
 # name nvidia-*-cu12 and nvidia-cudnn-cu12~=9.0. Hence a CUDA 12.x + cuDNN 9 *runtime* base (12.8 matches the
 # build; host driver >= 570 for 12.8, see docs/container.md). onnxruntime-gpu 1.25+ may move to CUDA 13: change
-# this base together with that pin. Ubuntu 24.04's python3 is 3.12, Debian bookworm's 3.11; the wheelhouse holds
-# cp311 and cp312 wheels.
+# this base together with that pin. Ubuntu 24.04's python3 is 3.12, Debian bookworm's 3.11: build.sh fetches the
+# wheels for the base's CPython (cp311 and cp312 when it cannot tell).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 # ---- runtime base: the base image plus a Python that can make venvs, and the non-root user ------------------
