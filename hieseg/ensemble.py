@@ -13,7 +13,7 @@ import numpy as np
 from . import preprocess
 from .inferers import predict_volume, with_flips
 from .manifest import Manifest, Member
-from .sessions import CPU, CUDA, create_session, is_out_of_memory
+from .sessions import CPU, CUDA, create_session, default_threads, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: 
                  threads: int | None = None) -> list[LoadedMember]:
     """Create every member's session once (per process), each from checksum-verified bytes."""
     loaded = []
+    threads = threads or default_threads(len(manifest.members))
     for member in manifest.members:
         session, provider = create_session(member.path, member.sha256, device, gpu_mem_limit_bytes, threads)
         loaded.append(LoadedMember(member, session, provider))

@@ -41,6 +41,38 @@ def available_cpus() -> int:
     return max(1, count)
 
 
+def pids_limit() -> int | None:
+    """The cgroup's cap on processes + threads (docker --pids-limit), if any."""
+    for path in ("/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text)
+    return None
+
+
+def default_threads(n_sessions: int) -> int:
+    """Intra-op threads per session: every usable CPU, but never so many that the sessions' thread pools together
+    exceed a --pids-limit (Grand Challenge runs with 256), where thread creation would fail or hang."""
+    threads = available_cpus()
+    limit = pids_limit()
+    if limit is not None:
+        threads = min(threads, max(1, (limit - 32) // max(n_sessions, 1)))
+    return threads
+
+
+def nvidia_driver_present() -> bool:
+    """Whether the NVIDIA driver library is loadable (it is mounted into containers only with --gpus)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def cuda_provider_options(gpu_mem_limit_bytes: int | None = None, device_id: int = 0) -> dict[str, Any]:
     """CUDA provider options: heuristic conv algorithm search (exhaustive search costs seconds per new shape)."""
     options: dict[str, Any] = {
@@ -79,6 +111,12 @@ def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None) -> 
             raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider "
                               f"(installed: {ort.__version__}, providers: {', '.join(ort.get_available_providers())}); "
                               "install onnxruntime-gpu or use --device cpu")
+        return [CPU]
+    # Without a driver, onnxruntime-gpu would print a screen of library-loading errors per session, then fall back.
+    if not nvidia_driver_present():
+        if device == "cuda":
+            raise DeviceError("--device cuda: no NVIDIA driver found (libcuda.so.1 is not loadable); "
+                              "in a container, run with --gpus all, or use --device cpu")
         return [CPU]
     return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes)), CPU]
 

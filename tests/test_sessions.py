@@ -22,6 +22,11 @@ def test_session_options_full_graph_optimisation_and_cpu_count():
 def test_provider_request_per_device(monkeypatch):
     assert sessions.requested_providers("cpu") == [sessions.CPU]
     monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.CUDA, sessions.CPU])
+    monkeypatch.setattr(sessions, "nvidia_driver_present", lambda: False)
+    assert sessions.requested_providers("auto") == [sessions.CPU]  # onnxruntime-gpu without a driver: quiet CPU
+    with pytest.raises(DeviceError, match="no NVIDIA driver"):
+        sessions.requested_providers("cuda")
+    monkeypatch.setattr(sessions, "nvidia_driver_present", lambda: True)
     providers = sessions.requested_providers("auto", 2**30)
     assert providers[0][0] == sessions.CUDA and providers[0][1]["gpu_mem_limit"] == 2**30
     monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.CPU])
@@ -35,6 +40,7 @@ def test_provider_request_per_device(monkeypatch):
 def test_cuda_fallback_inside_a_session_is_an_error_for_cuda(monkeypatch, toy_model):
     """get_available_providers can list CUDA while the session silently falls back to CPU (no driver)."""
     monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.CUDA, sessions.CPU])
+    monkeypatch.setattr(sessions, "nvidia_driver_present", lambda: True)
     from hieseg.manifest import load_manifest
 
     member = load_manifest(toy_model).members[0]
@@ -49,3 +55,12 @@ def test_available_cpus_respects_affinity():
     import os
 
     assert sessions.available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_threads_respect_a_pids_limit(monkeypatch):
+    monkeypatch.setattr(sessions, "available_cpus", lambda: 64)
+    monkeypatch.setattr(sessions, "pids_limit", lambda: 256)
+    assert sessions.default_threads(10) == 22  # (256 - 32) // 10: ten pools stay under the limit
+    assert sessions.default_threads(1) == 64
+    monkeypatch.setattr(sessions, "pids_limit", lambda: None)
+    assert sessions.default_threads(10) == 64
