@@ -32,7 +32,7 @@ MEMBERS = {
         "arch": {"features": [16, 32, 48, 64, 128, 16]},
         "train_patch": [80, 80],
         "batch": 16,
-        "iterations": 500,
+        "iterations": 1200,
         "lr": 2e-3,
         "patch_size": [256, 256],
         "divisible_by": [16, 16],
