@@ -64,3 +64,8 @@ def test_threads_respect_a_pids_limit(monkeypatch):
     assert sessions.default_threads(1) == 64
     monkeypatch.setattr(sessions, "pids_limit", lambda: None)
     assert sessions.default_threads(10) == 64
+
+
+def test_sessions_share_one_cpu_arena():
+    assert sessions.shared_cpu_arena() is True
+    assert sessions.session_options().get_session_config_entry("session.use_env_allocators") == "1"
