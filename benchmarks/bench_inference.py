@@ -52,13 +52,20 @@ def stats(values: list[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------- workers (subprocess)
 
 
-def worker_ort(args: argparse.Namespace) -> dict:
-    """The real pipeline, sessions reused across cases, outputs written to a temporary folder."""
+def worker_ort(args: argparse.Namespace, naive: bool = False) -> dict:
+    """The real pipeline, sessions reused across cases, outputs written to a temporary folder.
+
+    ``naive`` is the "before" of the optimisations: sessions built again for every case, each with its own
+    memory arena (ONNX Runtime's defaults).
+    """
     import resource
 
+    from hieseg import sessions
     from hieseg.cases import find_cases
     from hieseg.pipeline import Segmenter, write_case_outputs
 
+    if naive:
+        sessions._shared_arena = False
     cases = [c for c in find_cases(args.data) if c.case_id in set(args.cases)]
     t0 = time.perf_counter()
     segmenter = Segmenter(args.model, args.device, threads=args.threads)
@@ -68,6 +75,8 @@ def worker_ort(args: argparse.Namespace) -> dict:
     try:
         for case in cases:
             t = time.perf_counter()
+            if naive:
+                segmenter = Segmenter(args.model, args.device, threads=args.threads)
             result = segmenter.segment_case(case)
             report = write_case_outputs(result, out / f"{case.output_stem}.mha", out / f"{case.case_id}.json")
             wall.append(time.perf_counter() - t)
@@ -197,7 +206,7 @@ def summarise(ort: dict, torch_res: dict | None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=("ort", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ort", "ort-naive", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, default=None, help="BONBID layout folder (default: extracted cache)")
     parser.add_argument("--cases", nargs="+", default=CASES)
     parser.add_argument("--model", type=Path, default=None)
@@ -211,7 +220,7 @@ def main() -> int:
     args = parser.parse_args()
     args.threads = args.threads or None
     if args.worker:
-        result = worker_ort(args) if args.worker == "ort" else worker_torch(args)
+        result = worker_torch(args) if args.worker == "torch" else worker_ort(args, args.worker == "ort-naive")
         print(json.dumps(result))
         return 0
 
@@ -230,13 +239,15 @@ def main() -> int:
     if "error" in ort_res:
         print(f"ORT run failed: {ort_res['error']}")
         return 1
+    naive_res = run_worker(sys.executable, "ort-naive", args)
     torch_res = run_worker(args.torch, "torch", args) if args.torch else None
     results = {"commit": commit, "label": args.label, "device": args.device, "cases": args.cases,
                "summary": summarise(ort_res, torch_res), "cold_start": cold_start(args),
+               "before_optimisations": summarise(naive_res, None) if "error" not in naive_res else naive_res,
                "container": container(args) if args.container else {"skipped": "not requested (--container)"},
                "torch": {k: v for k, v in (torch_res or {"skipped": "not requested (--torch)"}).items()
                          if k != "wall_s"},
-               "raw": {"ort": ort_res, "torch": torch_res}}
+               "raw": {"ort": ort_res, "ort_naive": naive_res, "torch": torch_res}}
     report(results)
     out = args.out or REPO / ".cache" / "bench" / f"bench-{commit}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +266,11 @@ def report(results: dict) -> None:
     print(f"throughput: {s['throughput_cases_per_min']} cases/min (sessions reused); "
           f"session load {s['session_load_s']} s; providers {sorted(set(s['providers'].values()))}")
     print(f"peak RSS: {s['peak_rss_gib']} GiB   target <= {TARGETS['peak_rss_gib']} GiB")
+    before = results["before_optimisations"]
+    if "total" in before:
+        print(f"before the optimisations (sessions per case, an arena per session): total median "
+              f"{before['total']['median']} s, p90 {before['total']['p90']} s, peak RSS {before['peak_rss_gib']} GiB, "
+              f"{before['throughput_cases_per_min']} cases/min")
     cold = results["cold_start"]
     print(f"cold start to first case (excl. the case): {cold.get('cold_start_s', cold)} s   "
           f"target <= {TARGETS['cold_start_s']} s")
