@@ -40,6 +40,8 @@ class Run:
         self.workdir = Path(args.workdir or (REPO / "training" / "runs" / ("quick" if args.quick else "cv")))
         self.model_dir = Path(args.model_dir or (self.workdir / "model" if args.quick else REPO / "model"))
         self.members = config.quick(config.MEMBERS) if args.quick else config.MEMBERS
+        if args.members:  # variant comparisons on one member
+            self.members = {n: m for n, m in self.members.items() if n in args.members}
         self.root = ensure_data()
         ids = QUICK_CASES if args.quick else None
         self.cases = load_cases(self.root, ids)
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship-folds", type=lambda s: [int(v) for v in s.split(",")],
                    help="export: ship only these finished folds' networks (inference-time budget); "
                         "fusion is still tuned on every finished fold's OOF predictions")
+    p.add_argument("--members", type=lambda s: s.split(","),
+                   help="train / tune only these members (variant comparisons), e.g. unetpp2d")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
