@@ -91,6 +91,23 @@ def write_report(run, log=print) -> None:
             lines.append(f"| {k} | {e['dice']:.3f} | {e['nsd']:.3f} | {b['dice']:.3f} | {b['nsd']:.3f} |")
         lines += ["", "MASD means skip cases whose prediction or truth is empty (leaderboard rule), so compare on "
                   "Dice and NSD.", ""]
+    cmp_rows = []
+    for d in sorted(run.workdir.parent.glob("cmp-*")):
+        tf, sf = d / "tuning.json", d / "settings.json"
+        if not (tf.is_file() and sf.is_file()):
+            continue
+        t, st = json.loads(tf.read_text()), json.loads(sf.read_text())
+        members = sorted({k.split("/")[0] for k in ("unet3d", "unetpp2d") if (d / k).is_dir()})
+        e = t["scores"]["ensemble"]["overall"]
+        b = t["scores"]["baseline"]["overall"]
+        masd = "–" if e["masd"] != e["masd"] else f"{e['masd']:.2f}"
+        cmp_rows.append(f"| {d.name} | {','.join(members)} | {st['loss']} | {st['intensity']} | {t['folds']} | "
+                        f"{e['dice']:.3f} | {e['nsd']:.3f} | {masd} | {t['fusion']['threshold']} | "
+                        f"{b['dice']:.3f} | {e['n']} |")
+    if cmp_rows:
+        lines += ["## Variant comparison (proxy: one member, fold 0, same iterations; fusion tuned per variant)", "",
+                  "| workdir | member | loss | intensity | folds | Dice | NSD | MASD | threshold | baseline Dice | cases |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|", *cmp_rows, ""]
     lines += [f"![learning curve]({png.name})", ""]
     generated = "\n".join(lines)
     results = out_dir / "RESULTS.md"
