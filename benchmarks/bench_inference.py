@@ -104,13 +104,17 @@ def worker_torch(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     manifest = load_manifest(args.model)
     raw = json.loads((manifest.directory / "manifest.json").read_text())
+    # Same weights as the ONNX files: the worker reports max |ORT - torch| of the fused probabilities on a case.
+    trained = raw.get("provenance", {}).get("training", {}).get("members", {})
     nets = {}
-    for entry, member in zip(raw["members"], manifest.members):
-        info = entry.get("training", {})
-        ckpt = REPO / info.get("checkpoint", "")
-        if not ckpt.is_file():
-            return {"skipped": f"torch checkpoint of {member.name} not found ({ckpt}); run the training first"}
-        nets[member.name] = load_net(ckpt, member.kind, len(member.channels), info["arch"])
+    for member in manifest.members:
+        # Members are named <network>_f<fold>; training keeps their weights in training/runs/cv/<network>/fold<k>.
+        network, _, fold = member.name.rpartition("_f")
+        ckpt = REPO / "training" / "runs" / "cv" / network / f"fold{fold}" / "final.pt"
+        if network not in trained or not ckpt.is_file():
+            return {"skipped": f"torch weights of {member.name} not found ({ckpt.relative_to(REPO)}); "
+                               "run the training first"}
+        nets[member.name] = load_net(ckpt, member.kind, len(member.channels), trained[network]["arch"])
 
     def torch_fn(net):
         def run(batch):
@@ -119,7 +123,8 @@ def worker_torch(args: argparse.Namespace) -> dict:
         return run
 
     cases = [c for c in find_cases(args.data) if c.case_id in set(args.cases)]
-    wall = []
+    total_weight = sum(m.weight for m in manifest.members)
+    wall, parity = [], None
     for case in cases:
         adc, zadc, geometry = load_pair(case.adc, case.zadc)
         t = time.perf_counter()
@@ -130,9 +135,14 @@ def worker_torch(args: argparse.Namespace) -> dict:
             fn = torch_fn(nets[m.name])
             prob = with_flips(prepared.image, lambda img: predict_volume(img, fn, m.kind, m.patch_size,
                                                                          m.divisible_by, m.batch_size), m.tta_flips)
-            fused += m.weight * preprocess.restore(prob, prepared)
+            fused += (m.weight / total_weight) * preprocess.restore(prob, prepared)
         wall.append(time.perf_counter() - t)
-    return {"wall_s": wall, "torch": torch.__version__}
+        if parity is None:
+            from hieseg.pipeline import Segmenter
+
+            _, ort_prob = Segmenter(args.model, "cpu").segment(adc, zadc, geometry)
+            parity = float(np.abs(ort_prob - fused).max())
+    return {"wall_s": wall, "torch": torch.__version__, "max_abs_diff_fused_probability": parity}
 
 
 # ------------------------------------------------------------------------------------------ orchestration
