@@ -54,6 +54,10 @@ class Run:
         self.folds = self.split["folds"]
         # intensity statistics over all brain voxels of the cases (unsupervised; no labels involved)
         self.stats = config.brain_stats(list(self.cases.values()))
+        if self.quick and self.workdir.is_dir() and not args.workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir)  # a smoke run always starts from scratch
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = {"loss": args.loss, "intensity": args.intensity}
         sfile = self.workdir / "settings.json"
