@@ -54,7 +54,8 @@ class Run:
         self.folds = self.split["folds"]
         # intensity statistics over all brain voxels of the cases (unsupervised; no labels involved)
         self.stats = config.brain_stats(list(self.cases.values()))
-        if self.quick and self.workdir.is_dir() and not args.workdir:
+        fresh = not args.stages or "all" in args.stages or "cv" in args.stages
+        if self.quick and fresh and self.workdir.is_dir() and not args.workdir:
             import shutil
 
             shutil.rmtree(self.workdir)  # a smoke run always starts from scratch
