@@ -77,7 +77,8 @@ def write_report(run, log=print) -> None:
         lines += [f"Fusion tuned on these OOF predictions: 3D weight {f['w3d']}, threshold {f['threshold']}, "
                   f"min component {f['min_component_mm3']} mm³, empty rule: peak < {f['empty_max_probability_below']}"
                   f" or volume < {f['empty_min_lesion_mm3']} mm³ → empty. (Tuned and scored on the same cases, so "
-                  "slightly optimistic.)", "",
+                  "slightly optimistic.) The single-member rows use the ensemble's fusion settings, not their own tuning; "
+                  "the variant table below tunes each variant on its own.", "",
                   "| variant | stratum | Dice | MASD (mm) | NSD@2mm | cases |", "|---|---|---|---|---|---|"]
         for v, s in tuning["scores"].items():
             lines.append(f"| {v} | all " + _fmt(s["overall"]))
