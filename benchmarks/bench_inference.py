@@ -99,22 +99,29 @@ def worker_torch(args: argparse.Namespace) -> dict:
     from hieseg.inferers import predict_volume, with_flips
     from hieseg.manifest import load_manifest
     from hieseg.validate import load_pair
-    from training.export import load_net
+    from hieseg.ensemble import _prep_key
+    from training.export import load_net, net_from_onnx
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     manifest = load_manifest(args.model)
     raw = json.loads((manifest.directory / "manifest.json").read_text())
     # Same weights as the ONNX files: the worker reports max |ORT - torch| of the fused probabilities on a case.
     trained = raw.get("provenance", {}).get("training", {}).get("members", {})
-    nets = {}
+    nets, sources = {}, set()
     for member in manifest.members:
         # Members are named <network>_f<fold>; training keeps their weights in training/runs/cv/<network>/fold<k>.
+        # Without the checkpoint (a new machine), the training architecture takes the ONNX file's weights.
         network, _, fold = member.name.rpartition("_f")
+        if network not in trained:
+            return {"skipped": f"{member.name}: no training record of network {network!r} in the manifest"}
         ckpt = REPO / "training" / "runs" / "cv" / network / f"fold{fold}" / "final.pt"
-        if network not in trained or not ckpt.is_file():
-            return {"skipped": f"torch weights of {member.name} not found ({ckpt.relative_to(REPO)}); "
-                               "run the training first"}
-        nets[member.name] = load_net(ckpt, member.kind, len(member.channels), trained[network]["arch"])
+        arch = trained[network]["arch"]
+        if ckpt.is_file():
+            nets[member.name] = load_net(ckpt, member.kind, len(member.channels), arch)
+            sources.add("training checkpoints")
+        else:
+            nets[member.name] = net_from_onnx(member.path, member.kind, len(member.channels), arch)
+            sources.add("training architecture with the ONNX files' weights (batch norm folded)")
 
     def torch_fn(net):
         def run(batch):
@@ -130,8 +137,13 @@ def worker_torch(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         crop = preprocess.crop_to_brain(adc, geometry.spacing_zyx, manifest.crop_margin_mm)
         fused = np.zeros(adc.shape, np.float32)
+        cache = {}  # as the runtime: the folds of one network share a preprocessed input
         for m in manifest.members:
-            prepared = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels, m.target_spacing_zyx, crop)
+            key = _prep_key(m)
+            if key not in cache:
+                cache[key] = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels, m.target_spacing_zyx,
+                                                crop)
+            prepared = cache[key]
             fn = torch_fn(nets[m.name])
             prob = with_flips(prepared.image, lambda img: predict_volume(img, fn, m.kind, m.patch_size,
                                                                          m.divisible_by, m.batch_size), m.tta_flips)
@@ -142,7 +154,8 @@ def worker_torch(args: argparse.Namespace) -> dict:
 
             _, ort_prob = Segmenter(args.model, "cpu").segment(adc, zadc, geometry)
             parity = float(np.abs(ort_prob - fused).max())
-    return {"wall_s": wall, "torch": torch.__version__, "max_abs_diff_fused_probability": parity}
+    return {"wall_s": wall, "torch": torch.__version__, "weights": sorted(sources),
+            "max_abs_diff_fused_probability": parity}
 
 
 # ------------------------------------------------------------------------------------------ orchestration

@@ -71,6 +71,22 @@ def test_shipped_members_match_their_checkpoints(real_case):
         pytest.skip("training checkpoints of the shipped members not present (training/runs/cv)")
 
 
+def test_shipped_networks_are_the_training_architectures(real_case):
+    """Every shipped ONNX file, loaded back into its training architecture (batch norm folded), computes the same
+    probabilities in torch eager: the graphs are these networks, and the benchmark's torch run uses their weights."""
+    from training.export import PARITY_TOL, net_from_onnx, parity
+
+    manifest, raw = _manifest()
+    trained = raw["provenance"].get("training", {}).get("members", {})
+    for member in manifest.members:
+        base = member.name.rsplit("_f", 1)[0]
+        if base not in trained:
+            pytest.skip(f"{member.name}: not a trained network of the training package")
+        net = net_from_onnx(member.path, member.kind, len(member.channels), trained[base]["arch"])
+        diff = parity(net, member.path, _prepare(real_case, member).image, _spec(member))
+        assert diff <= PARITY_TOL, f"{member.name}: max |ORT - torch| = {diff:.2e}"
+
+
 @pytest.mark.parametrize("base", ["unet3d", "unetpp2d"])
 def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
     from training import config

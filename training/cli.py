@@ -1,7 +1,8 @@
 """python -m training [--quick] [STAGE ...]: tarball -> split -> cross-validation -> OOF tuning -> ONNX -> model/.
 
 Stages (default ``all``): ``cv`` (train every member on every fold, resuming, then out-of-fold predictions),
-``tune`` (fusion on the OOF predictions available), ``export`` (ONNX + parity + manifest for the folds finished),
+``oof`` (not in ``all``: recompute the OOF predictions with ONNX Runtime from the exported fold networks in the
+model folder), ``tune`` (fusion and TTA flips on the OOF predictions available), ``export`` (ONNX + parity + manifest for the folds finished),
 ``report`` (RESULTS.md + learning curve). Re-running a stage skips what is already done.
 """
 
@@ -85,8 +86,9 @@ class Run:
         return self.workdir / "oof" / name / f"{case_id}.npz"
 
     def fold_done(self, k: int) -> bool:
-        return all((self.fold_dir(n, k) / "final.pt").is_file() and
-                   all(self.oof_path(n, c).is_file() for c in self.folds[k]) for n in self.members)
+        """Fold k's OOF predictions exist for every member (from its checkpoints, or from its exported networks
+        by the ``oof`` stage): the fold can be tuned, and ``cv`` does not train it again."""
+        return all(self.oof_path(n, c).is_file() for n in self.members for c in self.folds[k])
 
     # ------------------------------------------------------------ stages
 
@@ -108,14 +110,52 @@ class Run:
                 net = train_member(spec, self.samples(name, train_ids), val, self.fold_dir(name, k),
                                    self.args.loss, seed=1000 * k + (1 if spec["kind"] == "3d" else 2), log=log)
                 for s in val:
-                    path = self.oof_path(name, s.case_id)
-                    if path.is_file():
-                        continue
-                    prob = preprocess.restore(member_probability(net, s.image, spec), s.prepared)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(path.with_suffix(".tmp.npz"), prob=prob.astype(np.float16))
-                    os.replace(path.with_suffix(".tmp.npz"), path)
+                    if not self.oof_path(name, s.case_id).is_file():
+                        self.save_oof(name, s.case_id, [preprocess.restore(member_probability(net, s.image, spec, [f]),
+                                                                           s.prepared) for f in config.TTA_FLIPS])
                 log(f"fold {k} {name}: OOF predictions written")
+
+    def save_oof(self, name: str, case_id: str, per_flip: list[np.ndarray]) -> None:
+        """One case's OOF probabilities on the native grid, one per TTA flip (config.TTA_FLIPS order), so the
+        tuning can choose the flips; ``prob`` is their mean."""
+        path = self.oof_path(name, case_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stack = np.stack(per_flip)
+        np.savez_compressed(path.with_suffix(".tmp.npz"), prob=stack.mean(0).astype(np.float16),
+                            per_flip=stack.astype(np.float16))
+        os.replace(path.with_suffix(".tmp.npz"), path)
+
+    def oof(self) -> None:
+        """Out-of-fold probabilities recomputed by ONNX Runtime from the exported fold networks in the model
+        folder (``<member>_f<k>.onnx`` predicts fold k's validation cases), through the runtime's own sessions,
+        preprocessing, tiling and restoring: the tuning then sees exactly what the shipped networks compute,
+        and the folds stay tunable when the torch checkpoints are gone."""
+        from hieseg import preprocess
+        from hieseg.ensemble import LoadedMember
+        from hieseg.inferers import predict_volume, with_flips
+        from hieseg.manifest import load_manifest
+        from hieseg.sessions import create_session
+
+        manifest = load_manifest(self.model_dir)
+        for m in manifest.members:
+            name, k = m.name.rsplit("_f", 1)
+            if name not in self.members:
+                continue
+            session, provider = create_session(m.path, m.sha256, "cpu", None, self.args.threads)
+            fn = LoadedMember(m, session, provider).predict_fn()
+
+            def predict(img, m=m, fn=fn):
+                return predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, m.batch_size)
+
+            t0 = time.time()
+            for cid in self.folds[int(k)]:
+                c = self.cases[cid]
+                crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, manifest.crop_margin_mm)
+                prep = preprocess.prepare(c.adc, c.zadc, c.spacing_zyx, m.channels, m.target_spacing_zyx, crop)
+                self.save_oof(name, cid, [preprocess.restore(with_flips(prep.image, predict, [f]), prep)
+                                          for f in config.TTA_FLIPS])
+            log(f"  {m.name}: OOF probabilities of fold {k} ({len(self.folds[int(k)])} cases, "
+                f"{len(config.TTA_FLIPS)} flips) in {time.time() - t0:.0f}s")
 
     def finished_folds(self) -> list[int]:
         return [k for k in range(len(self.folds)) if self.fold_done(k)]
@@ -125,8 +165,13 @@ class Run:
         for k in folds:
             for cid in self.folds[k]:
                 c = self.cases[cid]
-                probs = {n: np.load(self.oof_path(n, cid))["prob"].astype(np.float32) for n in self.members}
-                out.append({"case_id": cid, "fold": k, "probs": probs, "truth": c.label, "brain": c.brain,
+                per_flip = {}
+                for n in self.members:
+                    saved = np.load(self.oof_path(n, cid))
+                    if "per_flip" not in saved:
+                        raise SystemExit(f"{self.oof_path(n, cid)}: no per-flip probabilities; rerun the oof stage")
+                    per_flip[n] = saved["per_flip"]
+                out.append({"case_id": cid, "fold": k, "per_flip": per_flip, "truth": c.label, "brain": c.brain,
                             "spacing_zyx": c.spacing_zyx, "burden": c.burden})
         return out
 
@@ -136,14 +181,14 @@ class Run:
         from hieseg.metrics import burden_stratum, case_metrics
         from hieseg.postprocess import postprocess
 
-        from .tune import fuse, summarise, tune
+        from .tune import fuse, summarise, tune_with_flips
 
         folds = self.finished_folds()
         if not folds:
             raise SystemExit("no finished fold to tune on: run the cv stage first")
         cases = self.oof_cases(folds)
-        log(f"tuning fusion on {len(cases)} OOF cases of folds {folds}")
-        best = tune(cases, log=log)
+        log(f"tuning fusion and TTA flips on {len(cases)} OOF cases of folds {folds}")
+        best = tune_with_flips(cases, config.TTA_FLIPS, log=log)
         fusion = Fusion(best["threshold"], best["min_component_mm3"], best["empty_max_probability_below"],
                         best["empty_min_lesion_mm3"])
         rows = defaultdict(list)
@@ -191,7 +236,8 @@ class Run:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stages", nargs="*", default=[], help="all (default), cv, tune, export, report")
+    p.add_argument("stages", nargs="*", default=[], help="all (default: cv tune export report), cv, oof, tune, "
+                   "export, report")
     p.add_argument("--quick", action="store_true", help="2 cases, 2 folds, a few iterations (CI): same code path")
     p.add_argument("--workdir", help="checkpoints, OOF predictions and logs (default training/runs/cv or /quick)")
     p.add_argument("--model-dir", help="where the ONNX members and manifest go (default model/, quick: workdir/model)")
@@ -206,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    bad = [s for s in args.stages if s not in ("all", "cv", "tune", "export", "report")]
+    bad = [s for s in args.stages if s not in ("all", "cv", "oof", "tune", "export", "report")]
     if bad:
         p.error(f"unknown stage(s) {bad}")
     stages = ["cv", "tune", "export", "report"] if not args.stages or "all" in args.stages else args.stages

@@ -25,6 +25,46 @@ def load_net(final_pt: Path, kind: str, n_ch: int, arch: dict) -> torch.nn.Modul
     return net.eval()
 
 
+def net_from_onnx(onnx_path: Path, kind: str, n_ch: int, arch: dict) -> torch.nn.Module:
+    """The training architecture with the weights of an exported network, for when its checkpoint is gone.
+
+    The exporter folds each batch norm into the convolution before it, so every (transposed) convolution takes
+    its weight and bias from its ONNX node (the node's name is the module path) and every batch norm becomes the
+    identity. Modules the graph never calls (UNet++'s unused deep-supervision heads) keep their initial weights,
+    which is why the result is checked with ``parity``: it must compute the ONNX graph's function in torch eager.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    net = build(kind, n_ch, arch).eval()
+    modules = dict(net.named_modules())
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose"):
+            continue
+        # the node's scope is the call path (WithSigmoid's /net first; DynUNet calls its blocks through
+        # skip_layers.next_layer...): its longest suffix that names a module is the module's own name. A
+        # Sequential's child is scoped "cse/cse.1": drop the parent part its child repeats.
+        scope = node.name.removeprefix("/net/").split("/")[:-1]
+        parts = [p for p, nxt in zip(scope, scope[1:] + [""]) if not nxt.startswith(p + ".")]
+        path = next((p for p in (".".join(parts[i:]) for i in range(len(parts))) if p in modules), None)
+        if path is None:
+            raise ValueError(f"{onnx_path}: node {node.name} matches no module of the {kind} architecture")
+        conv = modules[path]
+        conv.weight = torch.nn.Parameter(torch.from_numpy(weights[node.input[1]].copy()))
+        if len(node.input) > 2:
+            conv.bias = torch.nn.Parameter(torch.from_numpy(weights[node.input[2]].copy()))
+    with torch.no_grad():
+        for m in modules.values():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0 - m.eps)
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return net
+
+
 def export_onnx(net: torch.nn.Module, kind: str, n_ch: int, path: Path) -> None:
     wrapped = WithSigmoid(net).eval()
     example = torch.zeros((1, n_ch, 8, 32, 32) if kind == "3d" else (2, n_ch, 32, 32))
@@ -83,6 +123,16 @@ def _round(obj, nd=4):
     return obj
 
 
+def _previous_export(model_dir: Path) -> dict:
+    """What the model folder's current manifest says of its networks (sha256, parity, checkpoints, training)."""
+    path = model_dir / "manifest.json"
+    raw = json.loads(path.read_text()) if path.is_file() else {}
+    prov = raw.get("provenance", {})
+    return {"sha256": {m["file"]: m["sha256"] for m in raw.get("members", [])},
+            "parity": prov.get("parity_max_abs_ort_vs_torch", {}),
+            "checkpoints": prov.get("torch_checkpoint_sha256", {}), "training": prov.get("training")}
+
+
 def export_all(run, tuning: dict, log=print) -> dict:
     from hieseg.io import write_json
     from hieseg.manifest import load_manifest
@@ -97,33 +147,46 @@ def export_all(run, tuning: dict, log=print) -> dict:
     fusion = tuning["fusion"]
     model_dir: Path = run.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
-    for old in list(model_dir.glob("*.onnx")) + [model_dir / "manifest.json"]:
-        old.unlink(missing_ok=True)
+    previous = _previous_export(model_dir)
     weights = {"unet3d": fusion["w3d"], "unetpp2d": 1.0 - fusion["w3d"]} if len(run.members) > 1 else {
         n: 1.0 for n in run.members}
-    members, parities, checkpoints = [], {}, {}
+    members, parities, checkpoints, reused = [], {}, {}, []
     for name, spec in run.members.items():
         if weights[name] <= 0:
             log(f"  {name}: fusion weight 0, not shipped")
             continue
         channels = run.channels(name)
         for k in folds:
-            net = load_net(run.fold_dir(name, k) / "final.pt", spec["kind"], len(channels), spec["arch"])
             fname = f"{name}_f{k}.onnx"
-            export_onnx(net, spec["kind"], len(channels), model_dir / fname)
-            sample = run.samples(name, [run.folds[k][0]])[0]
-            diff = parity(net, model_dir / fname, sample.image, spec)
-            parities[fname] = diff
-            checkpoints[fname] = _sha(run.fold_dir(name, k) / "final.pt")
-            log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id}")
-            if diff > PARITY_TOL:
-                raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
+            ckpt = run.fold_dir(name, k) / "final.pt"
+            if ckpt.is_file():
+                net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
+                export_onnx(net, spec["kind"], len(channels), model_dir / fname)
+                sample = run.samples(name, [run.folds[k][0]])[0]
+                diff = parity(net, model_dir / fname, sample.image, spec)
+                parities[fname] = diff
+                checkpoints[fname] = _sha(ckpt)
+                log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id}")
+                if diff > PARITY_TOL:
+                    raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
+            elif fname in previous["sha256"] and _sha(model_dir / fname) == previous["sha256"][fname]:
+                # checkpoint gone (e.g. a new machine): keep the network exported from it, bytes verified
+                parities[fname] = previous["parity"].get(fname)
+                checkpoints[fname] = previous["checkpoints"].get(fname)
+                reused.append(fname)
+                log(f"  {fname}: no checkpoint; keeping the exported network (sha256 as in the manifest)")
+            else:
+                raise SystemExit(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
             members.append({
                 "name": f"{name}_f{k}", "file": fname, "sha256": _sha(model_dir / fname), "kind": spec["kind"],
                 "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
                 "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
-                "batch_size": spec["infer_batch"], "tta_flips": TTA_FLIPS,
+                "batch_size": spec["infer_batch"], "tta_flips": fusion.get("tta_flips", {}).get(name, TTA_FLIPS),
                 "weight": round(weights[name] / len(folds), 6)})
+    shipped = {m["file"] for m in members}
+    for old in model_dir.glob("*.onnx"):
+        if old.name not in shipped:
+            old.unlink()
     complete = len(tuning["folds"]) == tuning["n_folds_total"]
     n_cases = sum(len(run.folds[k]) for k in tuning["folds"])
     status = (f"final: all {tuning['n_folds_total']} folds cross-validated, fusion tuned on all {n_cases} "
@@ -144,10 +207,13 @@ def export_all(run, tuning: dict, log=print) -> dict:
                                   "min_lesion_mm3": fusion["empty_min_lesion_mm3"]}},
         "provenance": _round({
             "status": status,
-            "training": {**git_commit(), "command": "python -m training all" + (" --quick" if run.quick else ""),
+            # networks kept from an earlier export keep the record of the run that trained them
+            "training": previous["training"] if reused and len(reused) == len(members) and previous["training"] else
+                        {**git_commit(), "command": "python -m training all" + (" --quick" if run.quick else ""),
                          "loss": run.args.loss, "intensity": run.args.intensity,
                          "torch": torch.__version__, "members": {n: {k: v for k, v in s.items()}
                                                                   for n, s in run.members.items()}},
+            "manifest_written": {**git_commit(), "networks_kept_from_earlier_export": reused},
             "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
@@ -155,7 +221,8 @@ def export_all(run, tuning: dict, log=print) -> dict:
                                   "tuning); MASD mean skips cases with an empty mask or empty truth",
                           "ensemble": scores["ensemble"], "baseline_zadc_below_-2": scores["baseline"],
                           **{k: v["overall"] for k, v in scores.items() if k.endswith("only")}},
-            "fusion_tuning": {k: fusion[k] for k in ("w3d", "mean_dice", "mean_nsd", "n_cases")},
+            "fusion_tuning": {k: fusion[k] for k in ("w3d", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain",
+                                                     "tta_comparison") if k in fusion},
             "parity_max_abs_ort_vs_torch": parities,
             "torch_checkpoint_sha256": checkpoints,
         }),

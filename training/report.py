@@ -50,7 +50,8 @@ def learning_curve(run, path: Path) -> bool:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    if any_curve:  # a run whose curve files are gone keeps the picture drawn when they were there
+        fig.savefig(path, dpi=90)
     plt.close(fig)
     return any_curve
 
@@ -78,7 +79,16 @@ def write_report(run, log=print) -> None:
                   f"min component {f['min_component_mm3']} mm³, empty rule: peak < {f['empty_max_probability_below']}"
                   f" or volume < {f['empty_min_lesion_mm3']} mm³ → empty. (Tuned and scored on the same cases, so "
                   "slightly optimistic.) The single-member rows use the ensemble's fusion settings, not their own tuning; "
-                  "the variant table below tunes each variant on its own.", "",
+                  "a variant comparison tunes each variant on its own.", ""]
+        if f.get("tta_comparison"):
+            lines += [f"TTA flips, chosen by cost: a flip ships only if it adds at least {f['tta_min_gain']} mean Dice "
+                      "per extra forward pass (each row tuned on its own). Shipped: "
+                      + ", ".join(f"{n} {v}" for n, v in f["tta_flips"].items()) + ".", "",
+                      "| TTA flips (axes of z, y, x) | Dice | NSD |", "|---|---|---|"]
+            lines += [f"| {', '.join(f'{n} {v}' for n, v in r['tta_flips'].items())} | {r['mean_dice']:.4f} | "
+                      f"{r['mean_nsd']:.4f} |" for r in f["tta_comparison"]]
+            lines += [""]
+        lines += [
                   "| variant | stratum | Dice | MASD (mm) | NSD@2mm | cases |", "|---|---|---|---|---|---|"]
         for v, s in tuning["scores"].items():
             lines.append(f"| {v} | all " + _fmt(s["overall"]))

@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
-WEIGHTS_3D = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75)  # both members always ship; single members are reported
+WEIGHTS_3D = (0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 0.6, 0.75)  # both members always ship; single members are reported
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 MIN_COMPONENT_MM3 = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
-EMPTY_MAX_PROB = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9)
+EMPTY_MAX_PROB = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EMPTY_MIN_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0)
 
 
@@ -86,6 +86,49 @@ def tune(cases: list[dict], log=print, top_k_nsd: int = 5) -> dict:
             "empty_min_lesion_mm3": ev, "mean_dice": d, "mean_nsd": nsd, "n_cases": len(cases),
             "grid": {"w3d": WEIGHTS_3D, "threshold": THRESHOLDS, "min_component_mm3": MIN_COMPONENT_MM3,
                      "empty_max_probability_below": EMPTY_MAX_PROB, "empty_min_lesion_mm3": EMPTY_MIN_MM3}}
+
+
+TTA_MIN_GAIN = 0.005  # mean OOF Dice that one more forward pass per member must add to be worth its time
+
+
+def tta_probs(case: dict, choice: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Each member's probability averaged over the chosen flips (indices into its saved ``per_flip`` stack)."""
+    return {n: case["per_flip"][n][list(idx)].astype(np.float32).mean(0) for n, idx in choice.items()}
+
+
+def tta_choices(n_flips: int) -> list[tuple[int, ...]]:
+    """Flip subsets that always keep the identity (index 0), cheapest first."""
+    return [(0, *extra) for r in range(n_flips) for extra in itertools.combinations(range(1, n_flips), r)]
+
+
+def pick_tta(scored: list[tuple[float, int]]) -> int:
+    """Index of the (mean Dice, extra forward passes) pair that wins once each extra pass costs TTA_MIN_GAIN."""
+    return max(range(len(scored)), key=lambda i: (scored[i][0] - TTA_MIN_GAIN * scored[i][1], -scored[i][1]))
+
+
+def tune_with_flips(cases: list[dict], flips: list[list[int]], log=print) -> dict:
+    """``tune`` for every combination of per-member TTA flip subsets; a flip is kept only if it earns its time
+    (``pick_tta``). Sets each case's ``probs`` to the chosen flips' mean and returns the best fusion with
+    ``tta_flips`` (member -> flip axes) and the comparison."""
+    names = sorted(cases[0]["per_flip"])
+    combos = list(itertools.product(*(tta_choices(len(cases[0]["per_flip"][n])) for n in names)))
+    runs = []
+    for combo in combos:
+        choice = dict(zip(names, combo))
+        for c in cases:
+            c["probs"] = tta_probs(c, choice)
+        best = tune(cases, log=lambda *_: None)
+        label = {n: [flips[i] for i in idx] for n, idx in choice.items()}
+        log(f"  TTA {label}: dice {best['mean_dice']:.4f} nsd {best['mean_nsd']:.4f} "
+            f"(w3d {best['w3d']}, thr {best['threshold']})")
+        runs.append((choice, label, best))
+    win = pick_tta([(b["mean_dice"], sum(len(i) - 1 for i in ch.values())) for ch, _, b in runs])
+    choice, label, best = runs[win]
+    for c in cases:
+        c["probs"] = tta_probs(c, choice)
+    return {**best, "tta_flips": label, "tta_min_gain": TTA_MIN_GAIN,
+            "tta_comparison": [{"tta_flips": lb, "mean_dice": b["mean_dice"], "mean_nsd": b["mean_nsd"]}
+                               for _, lb, b in runs]}
 
 
 def summarise(rows: list[dict]) -> dict:
