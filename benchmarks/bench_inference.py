@@ -161,11 +161,11 @@ def worker_torch(args: argparse.Namespace) -> dict:
 # ------------------------------------------------------------------------------------------ orchestration
 
 
-def run_worker(python: str, kind: str, args: argparse.Namespace) -> dict:
+def run_worker(python: str, kind: str, args: argparse.Namespace, model: Path | None = None) -> dict:
     cmd = [python, __file__, "--worker", kind, "--data", str(args.data), "--threads", str(args.threads or 0),
            "--device", args.device, "--cases", *args.cases]
-    if args.model:
-        cmd += ["--model", str(args.model)]
+    if model or args.model:
+        cmd += ["--model", str(model or args.model)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
@@ -202,10 +202,12 @@ def container(args: argparse.Namespace) -> dict:
         return {"skipped": f"image {image} not built (./build.sh)"}
     size = int(proc.stdout.strip())
     t = time.perf_counter()
-    run = subprocess.run(["bash", str(REPO / "test_run.sh")], capture_output=True, text=True, cwd=REPO,
-                         env=dict(os.environ, IMAGE=image))
-    return {"image": image, "size_mb": round(size / 1e6, 1), "test_run_s": round(time.perf_counter() - t, 2),
-            "test_run_ok": run.returncode == 0}
+    run = subprocess.run(["bash", str(REPO / "test_run.sh"), image], capture_output=True, text=True, cwd=REPO)
+    result = {"image": image, "size_mb": round(size / 1e6, 1), "test_run_s": round(time.perf_counter() - t, 2),
+              "test_run_ok": run.returncode == 0}
+    if run.returncode != 0:
+        result["test_run_error"] = (run.stderr.strip() or run.stdout.strip())[-300:]
+    return result
 
 
 def summarise(ort: dict, torch_res: dict | None) -> dict:
@@ -238,6 +240,9 @@ def main() -> int:
     parser.add_argument("--torch", metavar="PYTHON", help="python of the training venv, for the torch-eager run")
     parser.add_argument("--container", action="store_true", help="also measure the image (size, test_run.sh)")
     parser.add_argument("--image", default=None, help="image tag (default hieseg:<version>)")
+    parser.add_argument("--before-model", type=Path, default=None,
+                        help="model folder for the 'before' run (default: the same model), e.g. the manifest "
+                             "before the TTA flips were chosen by cost")
     parser.add_argument("--label", default="", help="free text stored with the results (e.g. 'before')")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -262,9 +267,10 @@ def main() -> int:
     if "error" in ort_res:
         print(f"ORT run failed: {ort_res['error']}")
         return 1
-    naive_res = run_worker(sys.executable, "ort-naive", args)
+    naive_res = run_worker(sys.executable, "ort-naive", args, args.before_model)
     torch_res = run_worker(args.torch, "torch", args) if args.torch else None
     results = {"commit": commit, "label": args.label, "device": args.device, "cases": args.cases,
+               "before_model": str(args.before_model or args.model or "bundled"),
                "summary": summarise(ort_res, torch_res), "cold_start": cold_start(args),
                "before_optimisations": summarise(naive_res, None) if "error" not in naive_res else naive_res,
                "container": container(args) if args.container else {"skipped": "not requested (--container)"},
@@ -291,7 +297,8 @@ def report(results: dict) -> None:
     print(f"peak RSS: {s['peak_rss_gib']} GiB   target <= {TARGETS['peak_rss_gib']} GiB")
     before = results["before_optimisations"]
     if "total" in before:
-        print(f"before the optimisations (sessions per case, an arena per session): total median "
+        print(f"before the optimisations (sessions per case, an arena per session, model "
+              f"{results['before_model']}): total median "
               f"{before['total']['median']} s, p90 {before['total']['p90']} s, peak RSS {before['peak_rss_gib']} GiB, "
               f"{before['throughput_cases_per_min']} cases/min")
     cold = results["cold_start"]
