@@ -2,7 +2,7 @@
 
 Files are paired by case id (``MGHNICU_<id>`` where the name holds one, otherwise the file name without its
 suffix) across .mha, .nii and .nii.gz. Each prediction is scored on the truth's grid, as the challenge does; a
-missing prediction scores like an empty one and is listed.
+missing prediction is a failed case: Dice 0, NSD 0, MASD undefined whatever the truth holds, and it is listed.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def evaluate_case(case_id: str, truth_path: Path, pred_path: Path | None, adc_pa
     warnings: list[str] = []
     if pred_path is None:
         pred = np.zeros_like(truth)
-        warnings.append("prediction missing: scored as empty")
+        warnings.append("prediction missing: scored as a failed case (Dice 0, NSD 0, MASD undefined)")
     else:
         pred_raw, pred_geometry = read_image(pred_path)
         if pred_raw.shape != truth.shape:
@@ -106,6 +106,8 @@ def evaluate_case(case_id: str, truth_path: Path, pred_path: Path | None, adc_pa
     burden = truth_voxels / reference if reference else math.nan
     row: dict[str, Any] = {"case": case_id}
     row.update(case_metrics(truth, pred, truth_geometry.spacing_zyx, spacing_order))
+    if pred_path is None:  # a failed case earns nothing, even on a lesion-free truth where an empty mask scores 1
+        row.update({"dice": 0.0, "nsd": 0.0, "masd": math.nan})
     row.update({
         "missing": pred_path is None,
         "burden": burden,
@@ -208,7 +210,7 @@ def format_report(report: dict[str, Any]) -> str:
                  f"false-positive components per case: {_num(d['fp_components_per_case'], 2)}")
     lines.append(f"spacing order: {report['spacing_order']}; burden relative to the {report['burden_of']}")
     if summary["missing_predictions"]:
-        lines.append("missing predictions (scored as empty): " + ", ".join(summary["missing_predictions"]))
+        lines.append("missing predictions (scored Dice 0, NSD 0): " + ", ".join(summary["missing_predictions"]))
     if report["failed"]:
         lines.append("failed (not in the means): " + ", ".join(f["case"] for f in report["failed"]))
     return "\n".join(lines) + "\n"
@@ -274,7 +276,7 @@ def register(subparsers) -> None:
         description="Score predictions against ground-truth masks exactly as the BONBID-HIE challenge does "
                     "(Dice, MASD in mm, NSD at 2 mm), print per-case rows and the means (NaN skipped), burden "
                     "strata and lesion-wise detection. Files pair by case id (MGHNICU_<id>, otherwise the file "
-                    "name) across .mha, .nii and .nii.gz; a missing prediction scores as empty.",
+                    "name) across .mha, .nii and .nii.gz; a missing prediction scores Dice 0, NSD 0, MASD undefined.",
     )
     parser.add_argument("gt_dir", type=Path, metavar="GT_DIR",
                         help="ground-truth masks (or a BONBID release root holding 3LABEL/)")

@@ -103,7 +103,7 @@ def write_montage(adc: np.ndarray, pred: np.ndarray, path: str | Path, truth: np
         if truth is not None and truth[z].any():
             ax.contour(truth[z].astype(np.float32), levels=[0.5], colors=TRUTH_COLOUR, linewidths=2.2)
         if pred[z].any():
-            ax.contour(pred[z].astype(np.float32), levels=[0.5], colors=PRED_COLOUR, linewidths=0.9)
+            ax.contour(pred[z].astype(np.float32), levels=[0.5], colors=PRED_COLOUR, linewidths=1.4)
         ax.set_title(f"z={z}", color="white", fontsize=8, pad=2)
         ax.set_axis_off()
     legend = "prediction: magenta" if truth is None else "truth: green   prediction: magenta"

@@ -72,7 +72,7 @@ def test_rows_and_summary(folders, caplog):
     rows = {r["case"]: r for r in report["cases"]}
     assert not report["failed"]
     assert "MGHNICU_999" in caplog.text  # the unmatched prediction is reported
-    # Missing prediction: scored like an empty one, and listed.
+    # Missing prediction: a failed case, and listed.
     missing = rows["MGHNICU_002"]
     assert missing["missing"] and missing["dice"] == 0.0 and missing["nsd"] == 0.0 and math.isnan(missing["masd"])
     assert report["summary"]["missing_predictions"] == ["MGHNICU_002"]
@@ -94,7 +94,7 @@ def test_rows_and_summary(folders, caplog):
     detection = report["summary"]["detection"]
     assert (detection["lesions"], detection["lesions_detected"]) == (3, 2)
     text = format_report(report)
-    assert "missing predictions (scored as empty): MGHNICU_002" in text and text.splitlines()[0].startswith("case")
+    assert "missing predictions (scored Dice 0, NSD 0): MGHNICU_002" in text and text.splitlines()[0].startswith("case")
 
 
 def test_burden_relative_to_brain_with_adc(folders, tmp_path):
@@ -191,3 +191,12 @@ def test_cli_exit_code_on_failed_case_and_physical_order(tmp_path, capsys):
     assert main(["evaluate", str(gt), str(pred), "--spacing-order", "physical", "-q"]) == 1
     assert "FAILED" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path / "nowhere"), str(pred), "-q"]) == 1
+
+
+def test_a_missing_prediction_of_a_lesion_free_case_scores_zero(tmp_path):
+    """An empty mask on an empty truth scores 1; no mask at all is a failed case and scores 0."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    write_mask(_mask(), GEOMETRY, gt / "MGHNICU_003-VISIT_01_lesion.mha")
+    pred.mkdir()
+    row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+    assert row["missing"] and (row["dice"], row["nsd"]) == (0.0, 0.0) and math.isnan(row["masd"])
