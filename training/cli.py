@@ -183,7 +183,7 @@ class Run:
 
         from .tune import fuse, summarise, tune_with_flips
 
-        folds = self.finished_folds()
+        folds = [k for k in self.finished_folds() if self.args.folds is None or k in self.args.folds]
         if not folds:
             raise SystemExit("no finished fold to tune on: run the cv stage first")
         cases = self.oof_cases(folds)
@@ -243,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", help="where the ONNX members and manifest go (default model/, quick: workdir/model)")
     p.add_argument("--loss", default=config.DEFAULT_LOSS, choices=config.LOSSES)
     p.add_argument("--intensity", default=config.DEFAULT_INTENSITY, choices=config.INTENSITIES)
-    p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], help="cv: only these folds")
+    p.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")],
+                   help="cv and tune: only these folds (variant comparisons)")
     p.add_argument("--ship-folds", type=lambda s: [int(v) for v in s.split(",")],
                    help="export: ship only these finished folds' networks (inference-time budget); "
                         "fusion is still tuned on every finished fold's OOF predictions")
