@@ -43,6 +43,12 @@ class Run:
         self.members = config.quick(config.MEMBERS) if args.quick else config.MEMBERS
         if args.members:  # variant comparisons on one member
             self.members = {n: m for n, m in self.members.items() if n in args.members}
+        if args.iterations:  # a longer (or shorter) schedule for some members, in a workdir of its own
+            unknown = set(args.iterations) - set(self.members)
+            if unknown:
+                raise SystemExit(f"--iterations: unknown member(s) {sorted(unknown)}")
+            self.members = {n: {**m, "iterations": args.iterations.get(n, m["iterations"])}
+                            for n, m in self.members.items()}
         self.root = ensure_data()
         ids = QUICK_CASES if args.quick else None
         self.cases = load_cases(self.root, ids)
@@ -62,6 +68,8 @@ class Run:
             shutil.rmtree(self.workdir)  # a smoke run always starts from scratch
         self.workdir.mkdir(parents=True, exist_ok=True)
         settings = {"loss": args.loss, "intensity": args.intensity}
+        if args.iterations:
+            settings["iterations"] = args.iterations
         sfile = self.workdir / "settings.json"
         if sfile.is_file():
             old = json.loads(sfile.read_text())
@@ -250,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                         "fusion is still tuned on every finished fold's OOF predictions")
     p.add_argument("--members", type=lambda s: s.split(","),
                    help="train / tune only these members (variant comparisons), e.g. unetpp2d")
+    p.add_argument("--iterations", type=lambda s: {k: int(v) for k, v in (kv.split("=") for kv in s.split(","))},
+                   help="MEMBER=N[,...]: training iterations instead of config.MEMBERS' (use an own --workdir), "
+                        "e.g. unet3d=2000")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

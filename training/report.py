@@ -108,7 +108,7 @@ def write_report(run, log=print) -> None:
         if not (tf.is_file() and sf.is_file()):
             continue
         t, st = json.loads(tf.read_text()), json.loads(sf.read_text())
-        members = sorted({k.split("/")[0] for k in ("unet3d", "unetpp2d") if (d / k).is_dir()})
+        members = sorted(k for k in ("unet3d", "unetpp2d") if (d / k).is_dir() or (d / "oof" / k).is_dir())
         e = t["scores"]["ensemble"]["overall"]
         b = t["scores"]["baseline"]["overall"]
         masd = "–" if e["masd"] != e["masd"] else f"{e['masd']:.2f}"
