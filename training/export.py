@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -213,7 +214,9 @@ def export_all(run, tuning: dict, log=print) -> dict:
                          "loss": run.args.loss, "intensity": run.args.intensity,
                          "torch": torch.__version__, "members": {n: {k: v for k, v in s.items()}
                                                                   for n, s in run.members.items()}},
-            "manifest_written": {**git_commit(), "networks_kept_from_earlier_export": reused},
+            "manifest_written": {**git_commit(), "command": " ".join(["python -m training", *sys.argv[1:]]),
+                                 "networks_kept_from_earlier_export": reused,
+                                 "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
             "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},

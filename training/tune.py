@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-WEIGHTS_3D = (0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 0.6, 0.75)  # both members always ship; single members are reported
-THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+WEIGHTS_3D = (0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)  # both members always ship; single members are reported
+THRESHOLDS = (0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 MIN_COMPONENT_MM3 = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 EMPTY_MAX_PROB = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EMPTY_MIN_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0)
