@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import config
 from .config import CROP_MARGIN_MM, TTA_FLIPS
 from .data import REPO, TARBALL
 from .nets import WithSigmoid, build
@@ -124,6 +125,21 @@ def _round(obj, nd=4):
     return obj
 
 
+def _training_command(run) -> str:
+    """The one command that reproduces this run's networks and manifest (its workdir's settings included)."""
+    a = run.args
+    parts = ["python -m training all"] + (["--quick"] if run.quick else [])
+    if a.workdir:
+        parts += ["--workdir", str(Path(a.workdir))]
+    if a.loss != config.DEFAULT_LOSS:
+        parts += ["--loss", a.loss]
+    if a.intensity != config.DEFAULT_INTENSITY:
+        parts += ["--intensity", a.intensity]
+    if a.iterations:
+        parts += ["--iterations", ",".join(f"{k}={v}" for k, v in a.iterations.items())]
+    return " ".join(parts)
+
+
 def _previous_export(model_dir: Path) -> dict:
     """What the model folder's current manifest says of its networks (sha256, parity, checkpoints, training)."""
     path = model_dir / "manifest.json"
@@ -210,7 +226,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
             "status": status,
             # networks kept from an earlier export keep the record of the run that trained them
             "training": previous["training"] if reused and len(reused) == len(members) and previous["training"] else
-                        {**git_commit(), "command": "python -m training all" + (" --quick" if run.quick else ""),
+                        {**git_commit(), "command": _training_command(run),
                          "loss": run.args.loss, "intensity": run.args.intensity,
                          "torch": torch.__version__, "members": {n: {k: v for k, v in s.items()}
                                                                   for n, s in run.members.items()}},
