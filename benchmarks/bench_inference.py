@@ -99,7 +99,7 @@ def worker_torch(args: argparse.Namespace) -> dict:
     from hieseg.inferers import predict_volume, with_flips
     from hieseg.manifest import load_manifest
     from hieseg.validate import load_pair
-    from hieseg.ensemble import _prep_key
+    from hieseg.ensemble import prep_key
     from training.export import load_net, net_from_onnx
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -139,7 +139,7 @@ def worker_torch(args: argparse.Namespace) -> dict:
         fused = np.zeros(adc.shape, np.float32)
         cache = {}  # as the runtime: the folds of one network share a preprocessed input
         for m in manifest.members:
-            key = _prep_key(m)
+            key = prep_key(m)
             if key not in cache:
                 cache[key] = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels, m.target_spacing_zyx,
                                                 crop)

@@ -96,7 +96,7 @@ def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: 
     return loaded
 
 
-def _prep_key(member: Member) -> str:
+def prep_key(member: Member) -> str:
     return json.dumps([member.channels, member.target_spacing_zyx], sort_keys=True)
 
 
@@ -129,7 +129,7 @@ def run_ensemble(
     for loaded in members:
         m = loaded.member
         t0 = time.perf_counter()
-        key = _prep_key(m)
+        key = prep_key(m)
         if key not in cache:
             cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, m.target_spacing_zyx, crop)
         prepared = cache[key]

@@ -2,8 +2,8 @@
 
 Stages (default ``all``): ``cv`` (train every member on every fold, resuming, then out-of-fold predictions),
 ``oof`` (not in ``all``: recompute the OOF predictions with ONNX Runtime from the exported fold networks in the
-model folder), ``tune`` (fusion and TTA flips on the OOF predictions available), ``export`` (ONNX + parity + manifest for the folds finished),
-``report`` (RESULTS.md + learning curve). Re-running a stage skips what is already done.
+model folder), ``tune`` (fusion and TTA flips on the OOF predictions available), ``export`` (ONNX + parity +
+manifest for the folds finished), ``report`` (RESULTS.md + learning curve). Re-running a stage skips what is already done.
 """
 
 from __future__ import annotations
@@ -138,9 +138,10 @@ class Run:
         folder (``<member>_f<k>.onnx`` predicts fold k's validation cases), through the runtime's own sessions,
         preprocessing, tiling and restoring: the tuning then sees exactly what the shipped networks compute,
         and the folds stay tunable when the torch checkpoints are gone."""
+        from dataclasses import replace
+
         from hieseg import preprocess
-        from hieseg.ensemble import LoadedMember
-        from hieseg.inferers import predict_volume, with_flips
+        from hieseg.ensemble import LoadedMember, member_probability
         from hieseg.manifest import load_manifest
         from hieseg.sessions import create_session
 
@@ -150,18 +151,14 @@ class Run:
             if name not in self.members:
                 continue
             session, provider = create_session(m.path, m.sha256, "cpu", None, self.args.threads)
-            fn = LoadedMember(m, session, provider).predict_fn()
-
-            def predict(img, m=m, fn=fn):
-                return predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, m.batch_size)
-
+            # one loaded member per flip: the runtime's member_probability then gives each flip's map alone
+            per_flip = [LoadedMember(replace(m, tta_flips=(tuple(f),)), session, provider) for f in config.TTA_FLIPS]
             t0 = time.time()
             for cid in self.folds[int(k)]:
                 c = self.cases[cid]
                 crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, manifest.crop_margin_mm)
                 prep = preprocess.prepare(c.adc, c.zadc, c.spacing_zyx, m.channels, m.target_spacing_zyx, crop)
-                self.save_oof(name, cid, [preprocess.restore(with_flips(prep.image, predict, [f]), prep)
-                                          for f in config.TTA_FLIPS])
+                self.save_oof(name, cid, [preprocess.restore(member_probability(lm, prep), prep) for lm in per_flip])
             log(f"  {m.name}: OOF probabilities of fold {k} ({len(self.folds[int(k)])} cases, "
                 f"{len(config.TTA_FLIPS)} flips) in {time.time() - t0:.0f}s")
 
