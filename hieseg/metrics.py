@@ -10,9 +10,10 @@ SimpleITK, casts them to uint8, takes the (z, y, x) arrays as bool and scores th
 - empty truth and empty prediction: Dice 1, MASD 0, NSD 1; empty truth and any prediction, or an empty prediction
   on a lesion case: Dice 0, MASD NaN, NSD 0.
 
-It passes ``image.GetSpacing()``, which SimpleITK gives in (x, y, z) order, as the spacing of the (z, y, x) array,
-so the z axis is measured with the x spacing and the x axis with the slice thickness. ``spacing_order="scorer"``
-(the default) reproduces that, so that numbers match the leaderboard; ``"physical"`` uses the true spacing.
+It takes SimpleITK's spacing ``s = image.GetSpacing()`` in (x, y, z) order and hands ``[s[-1], s[0], s[1]]`` =
+(z, x, y) to the distances of the (z, y, x) array: the z axis gets the true slice thickness and only the in-plane
+x and y spacings are swapped (which matters only where they differ). ``spacing_order="scorer"`` (the default)
+reproduces that, so that numbers match the leaderboard; ``"physical"`` uses the true (z, y, x) spacing.
 
 ``surface_distance`` is an optional dependency (the ``eval`` extra) and is imported only when needed.
 """
@@ -70,14 +71,19 @@ def binarize(array: np.ndarray) -> np.ndarray:
 def scorer_spacing(spacing_zyx: Sequence[float], spacing_order: str = "scorer") -> tuple[float, float, float]:
     """The spacing handed to surface-distance for a (z, y, x) array.
 
-    ``"scorer"``: SimpleITK's (x, y, z) spacing as the challenge passes it; ``"physical"``: the true (z, y, x) spacing.
+    ``"scorer"``: the challenge's ``[s[-1], s[0], s[1]]`` of SimpleITK's (x, y, z) spacing ``s``, i.e. (z, x, y);
+    ``"physical"``: the true (z, y, x) spacing.
     """
     if spacing_order not in SPACING_ORDERS:
         raise ValueError(f"spacing_order must be one of {', '.join(SPACING_ORDERS)}, got {spacing_order!r}")
     spacing = tuple(float(s) for s in spacing_zyx)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"spacing must be three positive numbers, got {spacing_zyx!r}")
-    return spacing[::-1] if spacing_order == "scorer" else spacing  # type: ignore[return-value]
+    if spacing_order == "physical":
+        return spacing  # type: ignore[return-value]
+    z, y, x = spacing
+    sitk_xyz = (x, y, z)
+    return (sitk_xyz[-1], sitk_xyz[0], sitk_xyz[1])
 
 
 def dice(truth: np.ndarray, pred: np.ndarray) -> float:
