@@ -40,6 +40,13 @@ MEMBERS = {
     },
 }
 
+# A lent GPU's schedule (training/device_cv.py): 10x the CPU schedule's samples (batch x iterations), in bigger
+# batches since a GPU step of these small networks costs about the same for 2 or 8 patches.
+GPU_SCHEDULE = {
+    "unet3d": {"batch": 4, "iterations": 8000},  # CPU: 2 x 1600
+    "unetpp2d": {"batch": 32, "iterations": 6000},  # CPU: 16 x 1200
+}
+
 LOSSES = ("tlhf", "tvhd", "dicefocal")
 INTENSITIES = ("stats", "sparseg")
 DEFAULT_LOSS = "dicefocal"  # won the fold-0 proxy (RESULTS.md)

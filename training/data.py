@@ -10,9 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hieseg.cases import find_cases
-from hieseg.io import read_image
-
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
 CACHE = REPO / ".cache" / "data"
@@ -77,6 +74,10 @@ def label_path(root: Path, case_id: str) -> Path:
 
 
 def load_cases(root: Path, ids: list[str] | None = None) -> dict[str, RawCase]:
+    # imported here: the GPU machine runs this package from packed arrays, without SimpleITK
+    from hieseg.cases import find_cases
+    from hieseg.io import read_image
+
     out = {}
     for case in find_cases(root):
         if ids is not None and case.case_id not in ids:

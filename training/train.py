@@ -3,6 +3,7 @@ a checkpoint every CKPT_EVERY iterations that a restarted run resumes from exact
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -207,16 +208,17 @@ class Loss:
 # ---------------------------------------------------------------- inference (mimics the runtime)
 
 
-def torch_predict_fn(net: torch.nn.Module):
+def torch_predict_fn(net: torch.nn.Module, device: str | torch.device = "cpu"):
     def fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return torch.sigmoid(net(torch.from_numpy(batch))).numpy()
+            return torch.sigmoid(net(torch.from_numpy(batch).to(device))).float().cpu().numpy()
     return fn
 
 
-def member_probability(net: torch.nn.Module, image: np.ndarray, spec: dict, flips=TTA_FLIPS) -> np.ndarray:
+def member_probability(net: torch.nn.Module, image: np.ndarray, spec: dict, flips=TTA_FLIPS,
+                       device: str | torch.device = "cpu") -> np.ndarray:
     """Probabilities at the member's spacing, through hieseg's own tiling / padding / flip-TTA code."""
-    fn = torch_predict_fn(net)
+    fn = torch_predict_fn(net, device)
     return with_flips(image, lambda img: predict_volume(img, fn, spec["kind"], spec["patch_size"],
                                                         spec["divisible_by"], spec["infer_batch"]), flips)
 
@@ -235,66 +237,111 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+# A time-budgeted run times its steps from WARMUP_ITERATIONS on (cudnn autotuning, other processes still starting)
+# and fits its schedule at each FIT_AT iteration: the later fit sees the steady-state rate.
+WARMUP_ITERATIONS = 20
+FIT_AT = (60, 300)
+
+
 def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Path, loss_name: str,
-                 seed: int, log=print) -> torch.nn.Module:
-    """Train (or resume) one member; returns the final network. ``out_dir`` holds last.pt, final.pt, curve.json."""
+                 seed: int, log=print, device: str = "cpu", amp: bool = False, eval_every: int = CKPT_EVERY,
+                 time_budget_s: float | None = None) -> torch.nn.Module:
+    """Train (or resume) one member; returns the final network. ``out_dir`` holds last.pt, final.pt, curve.json.
+
+    ``device``/``amp``: where the steps run and whether the forward pass runs in bfloat16 autocast (the loss and
+    the weights stay float32, so the exported ONNX is float32 as on the CPU). ``time_budget_s``: at each FIT_AT
+    iteration the schedule is shortened, if needed, so that the run ends within the budget (a lent GPU's minutes
+    are fixed; a cut-off cosine would leave the network at a high learning rate); past 97 % of it the run stops.
+    The iterations actually run are recorded in final.pt's spec and in the curve."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final.pt"
+    dev = torch.device(device)
     n_ch = train[0].image.shape[0]
-    net = build(spec["kind"], n_ch, spec["arch"])
+    net = build(spec["kind"], n_ch, spec["arch"]).to(dev)
     if final.is_file():
-        net.load_state_dict(torch.load(final, map_location="cpu")["net"])
+        net.load_state_dict(torch.load(final, map_location=dev)["net"])
         net.eval()
         return net
-    iters = int(spec["iterations"])
+    plan = {"iterations": int(spec["iterations"])}
     opt = torch.optim.AdamW(net.parameters(), lr=spec["lr"], weight_decay=1e-4)
-    warm = min(50, max(iters // 10, 1))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: (i + 1) / warm if i < warm else 0.5 * (1 + math.cos(math.pi * (i - warm) / max(iters - warm, 1))))
+    warm = min(50, max(plan["iterations"] // 10, 1))
+
+    def lr_factor(i: int) -> float:  # reads the plan at every step: a fitted schedule keeps its cosine shape
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(i - warm, plan["iterations"] - warm) / max(plan["iterations"] - warm, 1)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     start, curve = 0, {"iteration": [], "train_loss": [], "val_dice": [], "seconds": []}
+    budgeted = time_budget_s is not None
     last = out_dir / "last.pt"
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location=dev, weights_only=False)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         rng.bit_generator.state = state["rng"]
         gen.set_state(state["gen"])
         start, curve = state["iteration"], state["curve"]
-        log(f"  resumed {out_dir.name} at iteration {start}/{iters}")
+        plan["iterations"] = state.get("planned_iterations", plan["iterations"])
+        log(f"  resumed {out_dir.name} at iteration {start}/{plan['iterations']}")
     sampler = Sampler(train, spec["kind"], spec["train_patch"], rng)
-    loss_fn = Loss(loss_name, iters)
+    loss_fn = Loss(loss_name, plan["iterations"])
     n_int = sum(1 for s in spec["sources"] if s != "prior")
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     net.train()
-    running, t0 = [], time.time()
-    for it in range(start, iters):
+    running, t0, t_begin = [], time.time(), time.time()
+    t_warm = None
+    it = start
+    while it < plan["iterations"]:
         x, y = sampler.batch(spec["batch"])
         x, y = augment(torch.from_numpy(x), torch.from_numpy(y), n_int, gen)
-        loss = loss_fn(net(x), y, it)
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        with autocast():
+            logits = net(x)
+        loss = loss_fn(logits.float(), y, it)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
         opt.step()
         sched.step()
-        running.append(loss.item())
-        done = it + 1
-        if done % CKPT_EVERY == 0 or done == iters:
+        running.append(loss.detach())
+        it += 1
+        if budgeted:
+            now = time.time()
+            if it - start == WARMUP_ITERATIONS:
+                t_warm = now
+            elif t_warm is not None and it - start in FIT_AT:
+                rate = (it - start - WARMUP_ITERATIONS) / (now - t_warm)
+                # 0.8: validation passes and the final save come out of the same budget
+                fit = it + int(rate * (0.8 * time_budget_s - (now - t_begin)))
+                if fit < plan["iterations"]:
+                    log(f"  {out_dir.parent.name}/{out_dir.name}: {rate:.1f} it/s, schedule fitted to the "
+                        f"{time_budget_s:.0f} s budget: {fit} of {plan['iterations']} iterations")
+                    plan["iterations"] = max(fit, it + 1)
+            if now - t_begin > 0.97 * time_budget_s and it < plan["iterations"]:
+                log(f"  {out_dir.parent.name}/{out_dir.name}: budget spent, stopping at iteration {it} of "
+                    f"{plan['iterations']}")
+                plan["iterations"] = it
+        if it % eval_every == 0 or it == plan["iterations"]:
             net.eval()
-            vd = [_dice(member_probability(net, s.image, spec, flips=[[]]) >= 0.5, s.label) for s in val]
+            vd = [_dice(member_probability(net, s.image, spec, flips=[[]], device=dev) >= 0.5, s.label) for s in val]
             net.train()
-            curve["iteration"].append(done)
-            curve["train_loss"].append(float(np.mean(running)) if running else float("nan"))
+            curve["iteration"].append(it)
+            curve["train_loss"].append(float(torch.stack(running).mean()) if running else float("nan"))
             curve["val_dice"].append(float(np.mean(vd)) if vd else float("nan"))
             curve["seconds"].append(time.time() - t0)
-            log(f"  {out_dir.parent.name}/{out_dir.name} it {done}/{iters} loss {curve['train_loss'][-1]:.4f} "
+            log(f"  {out_dir.parent.name}/{out_dir.name} it {it}/{plan['iterations']} loss {curve['train_loss'][-1]:.4f} "
                 f"val dice@0.5 {curve['val_dice'][-1]:.3f} ({time.time() - t0:.0f}s)")
             running, t0 = [], time.time()
             _atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                          "rng": rng.bit_generator.state, "gen": gen.get_state(), "iteration": done,
-                          "curve": curve}, last)
+                          "rng": rng.bit_generator.state, "gen": gen.get_state(), "iteration": it,
+                          "planned_iterations": plan["iterations"], "curve": curve}, last)
     net.eval()
     (out_dir / "curve.json").write_text(json.dumps(curve) + "\n")
-    _atomic_save({"net": net.state_dict(), "spec": spec, "loss": loss_name, "curve": curve}, final)
+    cpu_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    _atomic_save({"net": cpu_state, "spec": {**spec, "iterations": plan["iterations"]}, "loss": loss_name,
+                  "curve": curve, "device": str(dev), "amp": amp}, final)
     return net
