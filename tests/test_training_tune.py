@@ -1,23 +1,27 @@
-"""The fast fusion tuner scores exactly what the runtime's post-processing + the challenge Dice would give."""
+"""The fusion tuner scores exactly what the runtime's post-processing + the challenge Dice give, chooses the true
+argmax, and its nested estimate never sees the fold it scores."""
 
+import itertools
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hieseg.manifest import Fusion  # noqa: E402
-from hieseg.metrics import case_metrics  # noqa: E402
+from hieseg.metrics import dice  # noqa: E402
 from hieseg.postprocess import postprocess  # noqa: E402
-from training.tune import _case_table, _dice_of, pick_tta, tta_choices, tune, tune_with_flips  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from training import tune as T  # noqa: E402
+
+SPACING = (3.0, 1.5, 1.5)
 
 
-def _case(seed, empty=False):
+def _arrays(seed, empty=False):
     rng = np.random.default_rng(seed)
     shape = (12, 24, 24)
     prob = ndimage.gaussian_filter(rng.random(shape), 1.5).astype(np.float32)
@@ -25,51 +29,86 @@ def _case(seed, empty=False):
     truth = np.zeros(shape, bool) if empty else ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.55
     brain = np.ones(shape, bool)
     brain[:, :2] = False
-    return prob, truth, brain, (3.0, 1.5, 1.5)
+    return prob, truth, brain
+
+
+def _case(seed, fold, empty=False, flipped_equal=True):
+    prob, truth, brain = _arrays(seed, empty)
+    other = _arrays(seed + 100)[0]
+    p3 = np.stack([prob, prob if flipped_equal else 0.5 * (prob + other)])
+    p2 = np.stack([prob ** 2, prob ** 2])
+    return T.CaseData.from_arrays(f"c{seed}", fold, {"unet3d@a": p3, "unetpp2d@a": p2}, truth, brain, SPACING,
+                                  float(truth.mean()))
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("thr,min_mm3,ep,ev", [(0.5, 0.0, 0.0, 0.0), (0.4, 20.0, 0.0, 0.0), (0.6, 10.0, 0.8, 0.0),
-                                               (0.45, 5.0, 0.0, 100.0), (0.3, 40.0, 0.9, 50.0)])
-def test_fast_dice_matches_postprocess(seed, thr, min_mm3, ep, ev):
-    prob, truth, brain, spacing = _case(seed, empty=seed % 3 == 0)
-    table = _case_table(prob, truth, brain, float(np.prod(spacing)), thr)
-    fast = _dice_of(table, min_mm3, ep, ev)
-    mask = postprocess(prob, brain, spacing, Fusion(thr, min_mm3, ep, ev))
-    assert fast == pytest.approx(case_metrics(truth, mask, spacing)["dice"], abs=1e-9)
+def test_vectorised_dice_matches_postprocess_everywhere(seed):
+    prob, truth, brain = _arrays(seed, empty=seed % 3 == 0)
+    vox = float(np.prod(SPACING))
+    for thr in ((0.3, 0.45, 0.6)[seed % 3],):
+        table = T.component_table(prob, truth, brain, thr)
+        fast = T.post_dice(*table, int(truth.sum()), vox)
+        for (a, mc), (b, ep), (c, ev) in itertools.product(enumerate(T.MIN_COMPONENT_MM3),
+                                                           enumerate(T.EMPTY_MAX_PROB), enumerate(T.EMPTY_MIN_MM3)):
+            mask = postprocess(prob, brain, SPACING, Fusion(thr, mc, ep, ev))
+            assert fast[a, b, c] == pytest.approx(dice(truth, mask), abs=1e-9)
 
 
-def test_tune_returns_a_configuration_from_the_grid():
-    cases = []
-    for seed in range(4):
-        prob, truth, brain, spacing = _case(seed, empty=seed == 0)
-        cases.append({"probs": {"unet3d": prob, "unetpp2d": prob ** 2}, "truth": truth, "brain": brain,
-                      "spacing_zyx": spacing})
-    best = tune(cases, log=lambda *_: None)
-    assert best["threshold"] in best["grid"]["threshold"] and best["w3d"] in best["grid"]["w3d"]
-    assert 0.0 <= best["mean_dice"] <= 1.0 and best["n_cases"] == 4
+def test_select_is_the_brute_force_argmax(monkeypatch):
+    # a grid small enough to enumerate by hand: every point scored through postprocess + case_metrics
+    monkeypatch.setattr(T, "WEIGHT_STEPS", (0.25, 0.75))
+    monkeypatch.setattr(T, "THRESHOLDS", (0.3, 0.5))
+    monkeypatch.setattr(T, "MIN_COMPONENT_MM3", (0.0, 40.0))
+    monkeypatch.setattr(T, "EMPTY_MAX_PROB", (0.0, 0.9))
+    monkeypatch.setattr(T, "EMPTY_MIN_MM3", (0.0, 50.0))
+    monkeypatch.setattr(T, "DICE_TIE", 0.0)  # no NSD tie-break: the plain argmax
+    cases = [_case(s, s % 2, empty=s == 0) for s in range(5)]
+    grid = T.score_grid(cases, [[], [2]], log=lambda *_: None)
+    got = T.select(grid, range(5))["choice"]
+    best, best_key = -1.0, None
+    for flips3, flips2 in itertools.product([(0,), (0, 1)], [(0,), (0, 1)]):
+        for w, thr, mc, ep, ev in itertools.product((0.25, 0.75), (0.3, 0.5), (0.0, 40.0), (0.0, 0.9), (0.0, 50.0)):
+            if ep and ep <= thr:
+                continue
+            ch = T.Choice(("unet3d@a", "unetpp2d@a"), (flips3, flips2), (w, round(1 - w, 6)), thr, mc, ep, ev)
+            d = np.mean([dice(c.truth, T.mask_of(c, ch)) for c in cases])
+            d -= T.TTA_MIN_GAIN * ch.extra_passes
+            if d > best + 1e-12:
+                best, best_key = d, ch
+    assert got == best_key
+
+
+def test_a_flip_that_adds_nothing_is_not_chosen():
+    cases = [_case(s, s % 2, empty=s == 0) for s in range(4)]  # flipped maps equal the plain ones
+    got = T.select(T.score_grid(cases, [[], [2]], log=lambda *_: None), range(4))["choice"]
+    assert got.flips == ((0,), (0,))
+
+
+def test_nested_chooses_without_the_scored_fold(monkeypatch):
+    cases = [_case(s, s % 3, empty=s == 0) for s in range(6)]
+    grid = T.score_grid(cases, [[], [2]], log=lambda *_: None)
+    seen = []
+    real = T.select
+
+    def spy(g, on, *a, **k):
+        seen.append(sorted(on))
+        return real(g, on, *a, **k)
+
+    monkeypatch.setattr(T, "select", spy)
+    out = T.nested(grid, log=lambda *_: None)
+    assert seen == [[1, 2, 4, 5], [0, 2, 3, 5], [0, 1, 3, 4]]  # fold k = cases with index % 3 == k
+    assert [r["case_id"] for r in out["rows"]] == [c.case_id for c in cases]
 
 
 def test_tta_choices_always_keep_the_identity_cheapest_first():
-    assert tta_choices(1) == [(0,)]
-    assert tta_choices(2) == [(0,), (0, 1)]
-    assert tta_choices(3) == [(0,), (0, 1), (0, 2), (0, 1, 2)]
+    assert T.tta_choices(1) == [(0,)]
+    assert T.tta_choices(2) == [(0,), (0, 1)]
+    assert T.tta_choices(3) == [(0,), (0, 1), (0, 2), (0, 1, 2)]
 
 
-def test_a_flip_ships_only_if_it_earns_its_time():
-    assert pick_tta([(0.620, 0), (0.623, 1)]) == 0  # +0.003 Dice for one more pass: not worth it
-    assert pick_tta([(0.620, 0), (0.627, 1)]) == 1
-    assert pick_tta([(0.620, 0), (0.620, 1)]) == 0  # a tie goes to the cheaper
-
-
-def test_tune_with_flips_drops_a_flip_that_adds_nothing():
-    cases = []
-    for seed in range(4):
-        prob, truth, brain, spacing = _case(seed, empty=seed == 0)
-        same = np.stack([prob, prob])  # the "flipped" prediction equals the plain one
-        cases.append({"per_flip": {"unet3d": same, "unetpp2d": same ** 2}, "truth": truth, "brain": brain,
-                      "spacing_zyx": spacing})
-    best = tune_with_flips(cases, [[], [2]], log=lambda *_: None)
-    assert best["tta_flips"] == {"unet3d": [[]], "unetpp2d": [[]]}
-    assert len(best["tta_comparison"]) == 4
-    np.testing.assert_allclose(cases[1]["probs"]["unetpp2d"], cases[1]["per_flip"]["unetpp2d"][0])
+def test_member_sets_take_one_source_per_member_and_weights_are_vectors():
+    assert T.candidates(["unet3d@cv", "unet3d@gpu", "unetpp2d@gpu"]) == [
+        ("unet3d@cv", "unetpp2d@gpu"), ("unet3d@gpu", "unetpp2d@gpu")]
+    assert T.weight_grid(1) == [(1.0,)]
+    assert all(abs(sum(w) - 1) < 1e-9 for n in (2, 3) for w in T.weight_grid(n))
+    assert len(T.weight_grid(3)) == 36

@@ -43,6 +43,8 @@ class Run:
         self.members = config.quick(config.MEMBERS) if args.quick else config.MEMBERS
         if args.members:  # variant comparisons on one member
             self.members = {n: m for n, m in self.members.items() if n in args.members}
+        if args.gpu and not args.quick:  # networks trained on a lent GPU (training/device_cv.py): its schedule, unpacked into workdir
+            self.members = {n: {**m, **config.GPU_SCHEDULE[n]} for n, m in self.members.items()}
         if args.iterations:  # a longer (or shorter) schedule for some members, in a workdir of its own
             unknown = set(args.iterations) - set(self.members)
             if unknown:
@@ -70,6 +72,8 @@ class Run:
         settings = {"loss": args.loss, "intensity": args.intensity}
         if args.iterations:
             settings["iterations"] = args.iterations
+        if args.gpu:
+            settings["schedule"] = "gpu"
         sfile = self.workdir / "settings.json"
         if sfile.is_file():
             old = json.loads(sfile.read_text())
@@ -165,65 +169,95 @@ class Run:
     def finished_folds(self) -> list[int]:
         return [k for k in range(len(self.folds)) if self.fold_done(k)]
 
-    def oof_cases(self, folds: list[int]) -> list[dict]:
+    def pool_sources(self) -> dict[str, Path]:
+        """Workdirs whose OOF predictions compete in the tuning: this run's and each ``--compare`` workdir, by
+        folder name (pool members are named ``<member>@<folder>``)."""
+        out = {self.workdir.name: self.workdir}
+        for d in self.args.compare or []:
+            out[Path(d).name] = Path(d)
+        return out
+
+    def oof_cases(self, folds: list[int]):
+        """OOF cases as tune.CaseData, with every pool member's per-flip probabilities."""
+        from .tune import CaseData
+
         out = []
         for k in folds:
             for cid in self.folds[k]:
                 c = self.cases[cid]
                 per_flip = {}
-                for n in self.members:
-                    saved = np.load(self.oof_path(n, cid))
-                    if "per_flip" not in saved:
-                        raise SystemExit(f"{self.oof_path(n, cid)}: no per-flip probabilities; rerun the oof stage")
-                    per_flip[n] = saved["per_flip"]
-                out.append({"case_id": cid, "fold": k, "per_flip": per_flip, "truth": c.label, "brain": c.brain,
-                            "spacing_zyx": c.spacing_zyx, "burden": c.burden})
+                for label, wd in self.pool_sources().items():
+                    for n in self.members:
+                        path = wd / "oof" / n / f"{cid}.npz"
+                        if not path.is_file():
+                            continue
+                        saved = np.load(path)
+                        if "per_flip" not in saved:
+                            raise SystemExit(f"{path}: no per-flip probabilities; rerun the oof stage")
+                        per_flip[f"{n}@{label}"] = saved["per_flip"]
+                out.append(CaseData.from_arrays(cid, k, per_flip, c.label, c.brain, c.spacing_zyx, c.burden))
         return out
 
     def tune(self) -> dict:
+        """The shipped choice (made on all OOF cases; its score there is optimistic) and the honest estimate:
+        nested cross-validation of the whole choice, for the full pool and for each member set alone."""
         from hieseg.baseline import baseline_mask
-        from hieseg.manifest import Fusion
-        from hieseg.metrics import burden_stratum, case_metrics
-        from hieseg.postprocess import postprocess
+        from hieseg.metrics import STRATA, case_metrics
 
-        from .tune import fuse, summarise, tune_with_flips
+        from . import tune as T
 
         folds = [k for k in self.finished_folds() if self.args.folds is None or k in self.args.folds]
         if not folds:
             raise SystemExit("no finished fold to tune on: run the cv stage first")
         cases = self.oof_cases(folds)
-        log(f"tuning fusion and TTA flips on {len(cases)} OOF cases of folds {folds}")
-        best = tune_with_flips(cases, config.TTA_FLIPS, log=log)
-        fusion = Fusion(best["threshold"], best["min_component_mm3"], best["empty_max_probability_below"],
-                        best["empty_min_lesion_mm3"])
-        rows = defaultdict(list)
-        per_case = []
-        variants = {"ensemble": best["w3d"]}
-        if len(self.members) > 1:
-            variants.update({"unet3d only": 1.0, "unetpp2d only": 0.0})
+        pool = sorted(cases[0].per_flip)
+        log(f"tuning on {len(cases)} OOF cases of folds {folds}; pool {pool}")
+        grid = T.score_grid(cases, config.TTA_FLIPS, log=log)
+        nsd_cache: dict = {}
+        shipped = T.select(grid, range(len(cases)), nsd_cache, log=log)
+        choice = shipped["choice"]
+        in_sample = T.case_rows(grid, lambda c: choice)
+        nest = T.nested(grid, nsd_cache, log=log) if len(folds) > 1 else None
+        by_set = {}
+        for members in T.candidates(pool) if len(folds) > 1 else []:
+            sub = T.Grid(*T.restrict(grid, members))
+            by_set["+".join(members)] = T.summarise(T.nested(sub, nsd_cache, log=lambda *_: None)["rows"])
+        baseline = []
         for c in cases:
-            row = {"case_id": c["case_id"], "fold": c["fold"], "stratum": burden_stratum(c["burden"]),
-                   "burden": c["burden"]}
-            for vname, w in variants.items():
-                mask = postprocess(fuse(c["probs"], w), c["brain"], c["spacing_zyx"], fusion)
-                m = case_metrics(c["truth"], mask, c["spacing_zyx"])
-                row[vname] = m
-            ad = self.cases[c["case_id"]]
-            row["baseline"] = case_metrics(c["truth"], baseline_mask(ad.adc, ad.zadc), c["spacing_zyx"])
-            per_case.append(row)
-        scores = {}
-        for vname in list(variants) + ["baseline"]:
-            scores[vname] = {"overall": summarise([r[vname] for r in per_case]),
-                             "per_fold": {str(k): summarise([r[vname] for r in per_case if r["fold"] == k])
-                                          for k in folds},
-                             "per_stratum": {s: summarise([r[vname] for r in per_case if r["stratum"] == s])
-                                             for s in ("none", "<1%", "1-5%", ">5%")}}
-        result = {"folds": folds, "fusion": best, "scores": scores, "per_case": per_case,
-                  "n_folds_total": len(self.folds)}
+            raw = self.cases[c.case_id]
+            baseline.append({"case_id": c.case_id, "fold": c.fold, **case_metrics(
+                raw.label, baseline_mask(raw.adc, raw.zadc), raw.spacing_zyx)})
+
+        def scores(rows):
+            return {"overall": T.summarise(rows),
+                    "per_fold": {str(k): T.summarise([r for r, c in zip(rows, cases) if c.fold == k]) for k in folds},
+                    "per_stratum": {s: T.summarise([r for r, c in zip(rows, in_sample) if c["stratum"] == s])
+                                    for s in STRATA}}
+
+        per_case = [{"case_id": r["case_id"], "fold": r["fold"], "stratum": r["stratum"], "burden": r["burden"],
+                     "nested": ({k: nest["rows"][i][k] for k in ("dice", "masd", "nsd")} if nest else None),
+                     "in_sample": {k: r[k] for k in ("dice", "masd", "nsd")},
+                     "baseline": {k: baseline[i][k] for k in ("dice", "masd", "nsd")}}
+                    for i, r in enumerate(in_sample)]
+        fusion = {**choice.describe(grid.flip_axes), "mean_dice": shipped["mean_dice"],
+                  "mean_nsd": shipped["mean_nsd"], "n_cases": len(cases), "tta_min_gain": T.TTA_MIN_GAIN,
+                  "groups": shipped["groups"]}
+        result = {"folds": folds, "n_folds_total": len(self.folds), "pool": pool,
+                  "sources": {k: str(v.relative_to(REPO) if v.is_relative_to(REPO) else v)
+                              for k, v in self.pool_sources().items()},
+                  "fusion": fusion,
+                  "scores": {"nested": scores(nest["rows"]) if nest else None, "in_sample": scores(in_sample),
+                             "baseline": scores(baseline)},
+                  "nested_per_fold_choice": nest["per_fold_choice"] if nest else None,
+                  "nested_by_member_set": by_set, "per_case": per_case}
         (self.workdir / "tuning.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-        o, b = scores["ensemble"]["overall"], scores["baseline"]["overall"]
-        log(f"OOF ensemble dice {o['dice']:.3f} masd {o['masd']:.2f} nsd {o['nsd']:.3f} | "
-            f"baseline dice {b['dice']:.3f} masd {b['masd']:.2f} nsd {b['nsd']:.3f}")
+        b = result["scores"]["baseline"]["overall"]
+        head = result["scores"]["nested" if nest else "in_sample"]["overall"]
+        log(f"{'nested' if nest else 'in-sample (one fold: no nesting)'} OOF dice {head['dice']:.4f} "
+            f"masd {head['masd']:.2f} nsd {head['nsd']:.4f} | Z-ADC<-2 dice {b['dice']:.4f} masd {b['masd']:.2f} "
+            f"nsd {b['nsd']:.4f} | shipped choice {fusion['weights']} thr {fusion['threshold']}")
+        for name, sc in by_set.items():
+            log(f"  nested, {name} alone: dice {sc['dice']:.4f} masd {sc['masd']:.2f} nsd {sc['nsd']:.4f}")
         return result
 
     def export(self) -> None:
@@ -258,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=lambda s: {k: int(v) for k, v in (kv.split("=") for kv in s.split(","))},
                    help="MEMBER=N[,...]: training iterations instead of config.MEMBERS' (use an own --workdir), "
                         "e.g. unet3d=2000")
+    p.add_argument("--gpu", action="store_true",
+                   help="the workdir holds networks trained on a lent GPU (python -m training.device_cv unpack): "
+                        "config.GPU_SCHEDULE, OOF/tune/export/report run here as usual")
+    p.add_argument("--compare", action="append", metavar="WORKDIR",
+                   help="tune: OOF predictions of another workdir compete as other variants of the same members "
+                        "(e.g. training/runs/cv, whose networks are the exported ones in the model folder)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -137,6 +137,10 @@ def _training_command(run) -> str:
         parts += ["--intensity", a.intensity]
     if a.iterations:
         parts += ["--iterations", ",".join(f"{k}={v}" for k, v in a.iterations.items())]
+    if getattr(a, "gpu", False):
+        parts = ["training/device_cv.sh run (on a lent GPU; see training/README.md), then"] + parts + ["--gpu"]
+    for d in getattr(a, "compare", None) or []:
+        parts += ["--compare", str(d)]
     return " ".join(parts)
 
 
@@ -165,25 +169,27 @@ def export_all(run, tuning: dict, log=print) -> dict:
     model_dir: Path = run.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_export(model_dir)
-    weights = {"unet3d": fusion["w3d"], "unetpp2d": 1.0 - fusion["w3d"]} if len(run.members) > 1 else {
-        n: 1.0 for n in run.members}
-    members, parities, checkpoints, reused = [], {}, {}, []
-    for name, spec in run.members.items():
-        if weights[name] <= 0:
-            log(f"  {name}: fusion weight 0, not shipped")
-            continue
+    sources = run.pool_sources()
+    members, parities, checkpoints, reused, trained = [], {}, {}, [], {}
+    for pool_name in fusion["members"]:
+        name, label = pool_name.split("@", 1)
+        spec, weight = run.members[name], fusion["weights"][pool_name]
         channels = run.channels(name)
+        runs = []
         for k in folds:
             fname = f"{name}_f{k}.onnx"
-            ckpt = run.fold_dir(name, k) / "final.pt"
+            ckpt = sources[label] / name / f"fold{k}" / "final.pt"
             if ckpt.is_file():
+                state = torch.load(ckpt, map_location="cpu", weights_only=False)
+                runs.append({"fold": k, "iterations": state.get("spec", spec)["iterations"],
+                             "batch": state.get("spec", spec)["batch"], "device": state.get("device", "cpu")})
                 net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
                 export_onnx(net, spec["kind"], len(channels), model_dir / fname)
                 sample = run.samples(name, [run.folds[k][0]])[0]
                 diff = parity(net, model_dir / fname, sample.image, spec)
                 parities[fname] = diff
                 checkpoints[fname] = _sha(ckpt)
-                log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id}")
+                log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id} ({pool_name})")
                 if diff > PARITY_TOL:
                     raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
             elif fname in previous["sha256"] and _sha(model_dir / fname) == previous["sha256"][fname]:
@@ -198,8 +204,11 @@ def export_all(run, tuning: dict, log=print) -> dict:
                 "name": f"{name}_f{k}", "file": fname, "sha256": _sha(model_dir / fname), "kind": spec["kind"],
                 "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
                 "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
-                "batch_size": spec["infer_batch"], "tta_flips": fusion.get("tta_flips", {}).get(name, TTA_FLIPS),
-                "weight": round(weights[name] / len(folds), 6)})
+                "batch_size": spec["infer_batch"], "tta_flips": fusion["tta_flips"][pool_name],
+                "weight": round(weight / len(folds), 6)})
+        trained[name] = {"source": pool_name, "workdir": tuning.get("sources", {}).get(label, label),
+                         "folds": runs or "kept from the earlier export (see previous_training)",
+                         **{k: v for k, v in spec.items() if k not in ("iterations", "batch")}}
     shipped = {m["file"] for m in members}
     for old in model_dir.glob("*.onnx"):
         if old.name not in shipped:
@@ -225,23 +234,26 @@ def export_all(run, tuning: dict, log=print) -> dict:
         "provenance": _round({
             "status": status,
             # networks kept from an earlier export keep the record of the run that trained them
-            "training": previous["training"] if reused and len(reused) == len(members) and previous["training"] else
-                        {**git_commit(), "command": _training_command(run),
-                         "loss": run.args.loss, "intensity": run.args.intensity,
-                         "torch": torch.__version__, "members": {n: {k: v for k, v in s.items()}
-                                                                  for n, s in run.members.items()}},
+            "training": {**git_commit(), "command": _training_command(run), "loss": run.args.loss,
+                         "intensity": run.args.intensity, "torch": torch.__version__, "members": trained,
+                         "previous_training": previous["training"] if reused else None},
             "manifest_written": {**git_commit(), "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
                                  "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
             "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
-            "cv_scores": {"note": "out-of-fold; fusion tuned on the same OOF predictions (optimistic by the "
-                                  "tuning); MASD mean skips cases with an empty mask or empty truth",
-                          "ensemble": scores["ensemble"], "baseline_zadc_below_-2": scores["baseline"],
-                          **{k: v["overall"] for k, v in scores.items() if k.endswith("only")}},
-            "fusion_tuning": {k: fusion[k] for k in ("w3d", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain",
-                                                     "tta_comparison") if k in fusion},
+            "cv_scores": {
+                "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). nested: "
+                        "every choice (member variants, TTA, weights, threshold, component and empty rules) made "
+                        "on the other folds before each fold is scored -- the honest estimate; in_sample: the "
+                        "shipped choice scored on the cases it was chosen on (optimistic). OOF uses one fold "
+                        "network per case; the shipped model averages all folds' networks",
+                "nested": (scores["nested"] or {}).get("overall"), "baseline_zadc_below_-2": scores["baseline"]["overall"],
+                "in_sample_optimistic": scores["in_sample"]["overall"],
+                "nested_by_member_set": tuning.get("nested_by_member_set")},
+            "fusion_tuning": {k: fusion[k] for k in ("weights", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain")
+                              if k in fusion},
             "parity_max_abs_ort_vs_torch": parities,
             "torch_checkpoint_sha256": checkpoints,
         }),

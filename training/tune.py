@@ -1,99 +1,55 @@
-"""Fusion tuning on out-of-fold probabilities: member weights, threshold, minimum component size and the
-case-level empty rule, maximising mean Dice (challenge rules) with mean NSD as the tie-break."""
+"""Fusion tuning on out-of-fold probabilities, and its honest score by nested cross-validation.
+
+Everything chosen on OOF predictions is chosen here, by one function (``select``): which trained variant of each
+member ships (pool names ``<member>@<source>``, e.g. a GPU-trained and a CPU-trained 3D member), each member's TTA
+flips, the fusion weights (a vector over the members), the threshold, the minimum component size and the case-level
+empty rule. The objective is mean Dice under the challenge's rules, a flip must earn ``TTA_MIN_GAIN`` per extra
+forward pass, and mean NSD breaks near-ties.
+
+``score_grid`` computes every case's Dice for every point of the grid once (components are labelled once per
+fused map and threshold; the component filter and empty rules are vectorised), so choosing on any subset of the
+cases is cheap. ``nested`` then chooses on the other folds and scores the choice on each held-out fold: the
+honest estimate. ``select`` on all cases gives what ships; its own score on those cases is in-sample (optimistic).
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
-WEIGHTS_3D = (0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)  # both members always ship; single members are reported
+WEIGHT_STEPS = (0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9)  # the first member's share when two members fuse
 THRESHOLDS = (0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 MIN_COMPONENT_MM3 = (0.0, 5.0, 10.0, 20.0, 40.0, 80.0)
 EMPTY_MAX_PROB = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 EMPTY_MIN_MM3 = (0.0, 10.0, 25.0, 50.0, 100.0)
-
-
-def _case_table(prob: np.ndarray, truth: np.ndarray, brain: np.ndarray, vox: float, thr: float):
-    from hieseg.postprocess import label_components
-
-    inside = np.where(brain, prob, 0.0)
-    maxp = float(inside.max(initial=0.0))
-    labels, sizes = label_components(inside >= thr)
-    overlaps = np.bincount(labels[truth], minlength=len(sizes)) if truth.any() else np.zeros(len(sizes), int)
-    return maxp, sizes[1:], overlaps[1:], int(truth.sum()), vox
-
-
-def _dice_of(table, min_mm3: float, e_p: float, e_v: float) -> float:
-    maxp, sizes, overlaps, n_truth, vox = table
-    if e_p > 0 and maxp < e_p:
-        pred = inter = 0
-    else:
-        min_vox = min_mm3 / vox
-        keep = sizes >= min_vox if min_vox > 1 else np.ones(len(sizes), bool)
-        pred, inter = int(sizes[keep].sum()), int(overlaps[keep].sum())
-        if e_v > 0 and pred * vox < e_v:
-            pred = inter = 0
-    if n_truth + pred == 0:
-        return 1.0
-    return 2.0 * inter / (n_truth + pred)
-
-
-def fuse(probs: dict[str, np.ndarray], w3d: float) -> np.ndarray:
-    names = sorted(probs)
-    if len(names) == 1:
-        return probs[names[0]]
-    p3 = next(p for n, p in probs.items() if n.startswith("unet3d"))
-    p2 = next(p for n, p in probs.items() if not n.startswith("unet3d"))
-    return w3d * p3 + (1.0 - w3d) * p2
-
-
-def tune(cases: list[dict], log=print, top_k_nsd: int = 5) -> dict:
-    """``cases``: dicts with probs {member: prob}, truth, brain, spacing_zyx. Returns the best fusion and ranking."""
-    from hieseg.manifest import Fusion
-    from hieseg.metrics import case_metrics
-    from hieseg.postprocess import postprocess
-
-    one_member = len(cases[0]["probs"]) == 1
-    results = []
-    for w in ((1.0,) if one_member else WEIGHTS_3D):
-        fused = [fuse(c["probs"], w) for c in cases]
-        for thr in THRESHOLDS:
-            tables = [_case_table(f, c["truth"], c["brain"], float(np.prod(c["spacing_zyx"])), thr)
-                      for f, c in zip(fused, cases)]
-            for mc, ep, ev in itertools.product(MIN_COMPONENT_MM3, EMPTY_MAX_PROB, EMPTY_MIN_MM3):
-                if ep and ep <= thr:  # a peak below the threshold already gives an empty mask
-                    continue
-                d = float(np.mean([_dice_of(t, mc, ep, ev) for t in tables]))
-                results.append((d, w, thr, mc, ep, ev))
-    results.sort(key=lambda r: -r[0])
-    # NSD tie-break among the top configurations (within 0.005 Dice of the best)
-    best_d = results[0][0]
-    finalists = [r for r in results if r[0] >= best_d - 0.005][:top_k_nsd]
-    scored = []
-    for d, w, thr, mc, ep, ev in finalists:
-        fusion = Fusion(thr, mc, ep, ev)
-        nsd = []
-        for c in cases:
-            mask = postprocess(fuse(c["probs"], w), c["brain"], c["spacing_zyx"], fusion)
-            nsd.append(case_metrics(c["truth"], mask, c["spacing_zyx"])["nsd"])
-        scored.append((d, float(np.mean(nsd)), w, thr, mc, ep, ev))
-        log(f"  finalist dice {d:.4f} nsd {scored[-1][1]:.4f} w3d {w} thr {thr} min {mc} empty p<{ep} v<{ev}")
-    scored.sort(key=lambda r: (-round(r[0], 3), -r[1]))
-    d, nsd, w, thr, mc, ep, ev = scored[0]
-    return {"w3d": w, "threshold": thr, "min_component_mm3": mc, "empty_max_probability_below": ep,
-            "empty_min_lesion_mm3": ev, "mean_dice": d, "mean_nsd": nsd, "n_cases": len(cases),
-            "grid": {"w3d": WEIGHTS_3D, "threshold": THRESHOLDS, "min_component_mm3": MIN_COMPONENT_MM3,
-                     "empty_max_probability_below": EMPTY_MAX_PROB, "empty_min_lesion_mm3": EMPTY_MIN_MM3}}
-
-
 TTA_MIN_GAIN = 0.005  # mean OOF Dice that one more forward pass per member must add to be worth its time
+DICE_TIE = 0.005  # configurations this close to the best Dice are compared on NSD
+NSD_FINALISTS = 5
 
 
-def tta_probs(case: dict, choice: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """Each member's probability averaged over the chosen flips (indices into its saved ``per_flip`` stack)."""
-    return {n: case["per_flip"][n][list(idx)].astype(np.float32).mean(0) for n, idx in choice.items()}
+def kind_of(pool_name: str) -> str:
+    """The member a pool name trains ('unet3d@gpu' -> 'unet3d')."""
+    return pool_name.split("@", 1)[0]
+
+
+def weight_grid(n_members: int) -> list[tuple[float, ...]]:
+    """Fusion weight vectors: the first member's share for two members; tenths of the simplex (none zero) else."""
+    if n_members == 1:
+        return [(1.0,)]
+    if n_members == 2:
+        return [(w, round(1.0 - w, 6)) for w in WEIGHT_STEPS]
+    return [tuple(v / 10 for v in c) for c in itertools.product(range(1, 10), repeat=n_members) if sum(c) == 10]
+
+
+def candidates(pool: Sequence[str]) -> list[tuple[str, ...]]:
+    """Member sets to choose from: one pool entry of each member kind (every source combination)."""
+    kinds = sorted({kind_of(p) for p in pool})
+    return list(itertools.product(*([p for p in sorted(pool) if kind_of(p) == k] for k in kinds)))
 
 
 def tta_choices(n_flips: int) -> list[tuple[int, ...]]:
@@ -101,34 +57,241 @@ def tta_choices(n_flips: int) -> list[tuple[int, ...]]:
     return [(0, *extra) for r in range(n_flips) for extra in itertools.combinations(range(1, n_flips), r)]
 
 
-def pick_tta(scored: list[tuple[float, int]]) -> int:
-    """Index of the (mean Dice, extra forward passes) pair that wins once each extra pass costs TTA_MIN_GAIN."""
-    return max(range(len(scored)), key=lambda i: (scored[i][0] - TTA_MIN_GAIN * scored[i][1], -scored[i][1]))
+@dataclass(frozen=True)
+class Choice:
+    """One point of the grid: what ships and how its probabilities become a mask."""
+
+    members: tuple[str, ...]
+    flips: tuple[tuple[int, ...], ...]  # per member: indices into its saved per-flip stack
+    weights: tuple[float, ...]
+    threshold: float
+    min_component_mm3: float
+    empty_max_probability_below: float
+    empty_min_lesion_mm3: float
+
+    @property
+    def extra_passes(self) -> int:
+        return sum(len(f) - 1 for f in self.flips)
+
+    def fusion(self):
+        from hieseg.manifest import Fusion
+
+        return Fusion(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
+                      self.empty_min_lesion_mm3)
+
+    def describe(self, flip_axes: Sequence[Sequence[int]]) -> dict:
+        return {"members": list(self.members), "weights": dict(zip(self.members, self.weights)),
+                "tta_flips": {m: [list(flip_axes[i]) for i in f] for m, f in zip(self.members, self.flips)},
+                "threshold": self.threshold, "min_component_mm3": self.min_component_mm3,
+                "empty_max_probability_below": self.empty_max_probability_below,
+                "empty_min_lesion_mm3": self.empty_min_lesion_mm3}
 
 
-def tune_with_flips(cases: list[dict], flips: list[list[int]], log=print) -> dict:
-    """``tune`` for every combination of per-member TTA flip subsets; a flip is kept only if it earns its time
-    (``pick_tta``). Sets each case's ``probs`` to the chosen flips' mean and returns the best fusion with
-    ``tta_flips`` (member -> flip axes) and the comparison."""
-    names = sorted(cases[0]["per_flip"])
-    combos = list(itertools.product(*(tta_choices(len(cases[0]["per_flip"][n])) for n in names)))
-    runs = []
-    for combo in combos:
-        choice = dict(zip(names, combo))
-        for c in cases:
-            c["probs"] = tta_probs(c, choice)
-        best = tune(cases, log=lambda *_: None)
-        label = {n: [flips[i] for i in idx] for n, idx in choice.items()}
-        log(f"  TTA {label}: dice {best['mean_dice']:.4f} nsd {best['mean_nsd']:.4f} "
-            f"(w3d {best['w3d']}, thr {best['threshold']})")
-        runs.append((choice, label, best))
-    win = pick_tta([(b["mean_dice"], sum(len(i) - 1 for i in ch.values())) for ch, _, b in runs])
-    choice, label, best = runs[win]
-    for c in cases:
-        c["probs"] = tta_probs(c, choice)
-    return {**best, "tta_flips": label, "tta_min_gain": TTA_MIN_GAIN,
-            "tta_comparison": [{"tta_flips": lb, "mean_dice": b["mean_dice"], "mean_nsd": b["mean_nsd"]}
-                               for _, lb, b in runs]}
+# ---------------------------------------------------------------- per-case arrays
+
+
+@dataclass
+class CaseData:
+    """One OOF case cropped to its brain's bounding box (nothing outside the brain is ever predicted)."""
+
+    case_id: str
+    fold: int
+    per_flip: dict[str, np.ndarray]  # pool name -> (flips, z, y, x) in the crop
+    truth: np.ndarray  # full grid, bool
+    brain: np.ndarray  # crop
+    crop: tuple[slice, ...]
+    spacing_zyx: tuple[float, float, float]
+    burden: float
+    _means: dict | None = None
+
+    @classmethod
+    def from_arrays(cls, case_id: str, fold: int, per_flip: dict[str, np.ndarray], truth: np.ndarray,
+                    brain: np.ndarray, spacing_zyx, burden: float) -> "CaseData":
+        idx = np.argwhere(brain)
+        crop = tuple(slice(int(a), int(b) + 1) for a, b in zip(idx.min(0), idx.max(0))) if len(idx) else \
+            tuple(slice(0, 0) for _ in brain.shape)
+        return cls(case_id, fold, {n: np.asarray(p[(slice(None),) + crop], dtype=np.float32)
+                                   for n, p in per_flip.items()},
+                   np.asarray(truth, bool), brain[crop], crop, tuple(float(s) for s in spacing_zyx), burden)
+
+    @property
+    def voxel_mm3(self) -> float:
+        return float(np.prod(self.spacing_zyx))
+
+    def member_prob(self, member: str, flips: tuple[int, ...]) -> np.ndarray:
+        if self._means is None:
+            self._means = {}
+        key = (member, flips)
+        if key not in self._means:
+            self._means[key] = self.per_flip[member][list(flips)].mean(0)
+        return self._means[key]
+
+    def fused(self, choice_members, flips, weights) -> np.ndarray:
+        return sum(w * self.member_prob(m, f) for m, f, w in zip(choice_members, flips, weights))
+
+    def full(self, crop_mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.truth.shape, bool)
+        out[self.crop] = crop_mask
+        return out
+
+
+def mask_of(case: CaseData, choice: Choice) -> np.ndarray:
+    """The runtime's post-processing of the chosen fusion, on the full grid."""
+    from hieseg.postprocess import postprocess
+
+    prob = case.fused(choice.members, choice.flips, choice.weights)
+    return case.full(postprocess(prob, case.brain, case.spacing_zyx, choice.fusion()))
+
+
+# ---------------------------------------------------------------- the Dice table
+
+
+def component_table(prob: np.ndarray, truth_in_crop: np.ndarray, brain: np.ndarray, thr: float):
+    """Peak probability in the brain, and the voxel count and truth overlap of each component >= thr."""
+    from hieseg.postprocess import label_components
+
+    inside = np.where(brain, prob, 0.0)
+    maxp = float(inside.max(initial=0.0))
+    labels, sizes = label_components(inside >= thr)
+    overlaps = np.bincount(labels[truth_in_crop], minlength=len(sizes)) if truth_in_crop.any() else \
+        np.zeros(len(sizes), int)
+    return maxp, sizes[1:], overlaps[1:]
+
+
+def post_dice(maxp: float, sizes: np.ndarray, overlaps: np.ndarray, n_truth: int, vox: float) -> np.ndarray:
+    """Dice for every (min component, empty peak, empty volume) of the grid, shape (6, 9, 5) — what
+    ``hieseg.postprocess.postprocess`` followed by the challenge's Dice gives, vectorised."""
+    mins = np.asarray(MIN_COMPONENT_MM3) / vox
+    keep = (sizes[None, :] >= mins[:, None]) | (mins[:, None] <= 1)
+    pred = (keep * sizes[None, :]).sum(1).astype(float)  # (6,)
+    inter = (keep * overlaps[None, :]).sum(1).astype(float)
+    ep = np.asarray(EMPTY_MAX_PROB)
+    ev = np.asarray(EMPTY_MIN_MM3)
+    empty = ((ep > 0) & (maxp < ep))[None, :, None] | ((ev[None, :] > 0) & (pred[:, None] * vox < ev[None, :]))[:, None, :]
+    pred3 = np.where(empty, 0.0, pred[:, None, None])
+    inter3 = np.where(empty, 0.0, inter[:, None, None])
+    den = n_truth + pred3
+    return np.where(den == 0, 1.0, 2.0 * inter3 / np.maximum(den, 1))
+
+
+@dataclass
+class Grid:
+    prefixes: list[tuple]  # (members, flips, weights, threshold)
+    dice: np.ndarray  # (prefix, min component, empty peak, empty volume, case); NaN where a rule is redundant
+    cases: list[CaseData]
+    flip_axes: list[list[int]]
+
+    def choice(self, p: int, a: int, b: int, c: int) -> Choice:
+        members, flips, weights, thr = self.prefixes[p]
+        return Choice(members, flips, weights, thr, MIN_COMPONENT_MM3[a], EMPTY_MAX_PROB[b], EMPTY_MIN_MM3[c])
+
+
+def restrict(grid: Grid, members: Sequence[str]) -> tuple:
+    """Grid fields limited to one member set (its own nested figure)."""
+    keep = [i for i, p in enumerate(grid.prefixes) if p[0] == tuple(members)]
+    return [grid.prefixes[i] for i in keep], grid.dice[keep], grid.cases, grid.flip_axes
+
+
+def score_grid(cases: list[CaseData], flip_axes: list[list[int]], members: Sequence[Sequence[str]] | None = None,
+               log: Callable = print) -> Grid:
+    """Per-case Dice at every grid point, for every candidate member set (default: every source combination)."""
+    pool = sorted(cases[0].per_flip)
+    sets = [tuple(m) for m in members] if members else candidates(pool)
+    redundant = np.asarray(EMPTY_MAX_PROB)[None, :] <= np.asarray(THRESHOLDS)[:, None]  # peak < ep <= thr: empty anyway
+    redundant &= np.asarray(EMPTY_MAX_PROB)[None, :] > 0
+    truths = [c.truth[c.crop] for c in cases]
+    n_truth = [int(c.truth.sum()) for c in cases]
+    prefixes, blocks = [], []
+    for cand in sets:
+        for flips in itertools.product(*(tta_choices(cases[0].per_flip[m].shape[0]) for m in cand)):
+            for weights in weight_grid(len(cand)):
+                fused = [c.fused(cand, flips, weights) for c in cases]
+                for ti, thr in enumerate(THRESHOLDS):
+                    block = np.stack([post_dice(*component_table(f, t, c.brain, thr), n, c.voxel_mm3)
+                                      for f, t, c, n in zip(fused, truths, cases, n_truth)], axis=-1)
+                    block[:, redundant[ti], :, :] = np.nan
+                    prefixes.append((cand, flips, weights, thr))
+                    blocks.append(block.astype(np.float32))
+        log(f"  grid: {cand} scored")
+    return Grid(prefixes, np.stack(blocks), cases, [list(f) for f in flip_axes])
+
+
+# ---------------------------------------------------------------- choosing
+
+
+def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Callable = lambda *_: None) -> dict:
+    """The choice made on the cases ``on`` (indices into grid.cases): best mean Dice per (member set, flips)
+    group, less TTA_MIN_GAIN per extra forward pass; within the winning group, NSD decides among the configurations
+    within DICE_TIE of its best Dice (rounded to 0.001)."""
+    from hieseg.metrics import case_metrics
+
+    nsd_cache = {} if nsd_cache is None else nsd_cache
+    on = list(on)
+    with warnings.catch_warnings():  # redundant rules are NaN for every case
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(grid.dice[..., on], axis=-1)
+    flat = np.where(np.isnan(mean), -np.inf, mean).reshape(len(grid.prefixes), -1)
+    groups: dict[tuple, list[int]] = {}
+    for p, (members, flips, _, _) in enumerate(grid.prefixes):
+        groups.setdefault((members, flips), []).append(p)
+
+    def adjusted(key):
+        best = flat[groups[key]].max()
+        return best - TTA_MIN_GAIN * sum(len(f) - 1 for f in key[1]), -sum(len(f) - 1 for f in key[1])
+
+    win = max(groups, key=adjusted)
+    rows = np.asarray(groups[win])
+    sub = flat[rows]
+    best = sub.max()
+    order = np.argsort(-sub, axis=None, kind="stable")[:NSD_FINALISTS]
+    finalists = []
+    for o in order:
+        r, rest = divmod(int(o), sub.shape[1])
+        if sub[r, rest] < best - DICE_TIE:
+            break
+        a, b, c = np.unravel_index(rest, grid.dice.shape[1:4])
+        choice = grid.choice(int(rows[r]), int(a), int(b), int(c))
+        nsds = []
+        for i in on:
+            key = (choice, i)
+            if key not in nsd_cache:
+                case = grid.cases[i]
+                nsd_cache[key] = case_metrics(case.truth, mask_of(case, choice), case.spacing_zyx)["nsd"]
+            nsds.append(nsd_cache[key])
+        finalists.append((float(sub[r, rest]), float(np.mean(nsds)), choice))
+        log(f"  finalist dice {finalists[-1][0]:.4f} nsd {finalists[-1][1]:.4f} {choice}")
+    finalists.sort(key=lambda f: (-round(f[0], 3), -f[1]))
+    dice, nsd, choice = finalists[0]
+    groups_scored = [{"members": list(k[0]), "tta_flips": {m: [grid.flip_axes[i] for i in f] for m, f in zip(*k)},
+                      "best_mean_dice": float(flat[groups[k]].max())} for k in groups]
+    return {"choice": choice, "mean_dice": dice, "mean_nsd": nsd, "n_cases": len(on), "groups": groups_scored}
+
+
+def case_rows(grid: Grid, choice_of: Callable[[CaseData], Choice]) -> list[dict]:
+    from hieseg.metrics import burden_stratum, case_metrics
+
+    rows = []
+    for case in grid.cases:
+        m = case_metrics(case.truth, mask_of(case, choice_of(case)), case.spacing_zyx)
+        rows.append({"case_id": case.case_id, "fold": case.fold, "stratum": burden_stratum(case.burden),
+                     "burden": case.burden, **m})
+    return rows
+
+
+def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print) -> dict:
+    """Each fold's cases scored with the choice made on the other folds' cases."""
+    nsd_cache = {} if nsd_cache is None else nsd_cache
+    folds = sorted({c.fold for c in grid.cases})
+    chosen = {}
+    for k in folds:
+        on = [i for i, c in enumerate(grid.cases) if c.fold != k]
+        chosen[k] = select(grid, on, nsd_cache)
+        log(f"  nested: fold {k} scored with the choice made on the other folds: "
+            f"{chosen[k]['choice'].describe(grid.flip_axes)}")
+    rows = case_rows(grid, lambda c: chosen[c.fold]["choice"])
+    return {"rows": rows, "per_fold_choice": {str(k): {**chosen[k]["choice"].describe(grid.flip_axes),
+                                                       "inner_mean_dice": chosen[k]["mean_dice"]}
+                                              for k in folds}}
 
 
 def summarise(rows: list[dict]) -> dict:
