@@ -64,18 +64,30 @@ def test_select_is_the_brute_force_argmax(monkeypatch):
     monkeypatch.setattr(T, "DICE_TIE", 0.0)  # no NSD tie-break: the plain argmax
     cases = [_case(s, s % 2, empty=s == 0) for s in range(5)]
     grid = T.score_grid(cases, [[], [2]], log=lambda *_: None)
-    got = T.select(grid, range(5))["choice"]
-    best, best_key = -1.0, None
+    got = T.select(grid, range(5), rule="argmax")["choice"]
+    got_se = T.select(grid, range(5), rule="one_se")["choice"]
+    best, best_key, table = -1.0, None, []
     for flips3, flips2 in itertools.product([(0,), (0, 1)], [(0,), (0, 1)]):
         for w, thr, mc, ep, ev in itertools.product((0.25, 0.75), (0.3, 0.5), (0.0, 40.0), (0.0, 0.9), (0.0, 50.0)):
             if ep and ep <= thr:
                 continue
             ch = T.Choice(("unet3d@a", "unetpp2d@a"), (flips3, flips2), (w, round(1 - w, 6)), thr, mc, ep, ev)
-            d = np.mean([dice(c.truth, T.mask_of(c, ch)) for c in cases])
-            d -= T.TTA_MIN_GAIN * ch.extra_passes
+            per_case = [dice(c.truth, T.mask_of(c, ch)) for c in cases]
+            d = np.mean(per_case) - T.TTA_MIN_GAIN * ch.extra_passes
+            table.append((d, ch, per_case))
             if d > best + 1e-12:
-                best, best_key = d, ch
+                best, best_key, best_cases = d, ch, per_case
     assert got == best_key
+    # one-standard-error rule, from its definition: within one SE of the best, the fewest case-level empty rules,
+    # then the smallest component filter, then the fewest passes; then the best score
+    se = np.std(best_cases, ddof=1) / np.sqrt(len(cases))
+    near = [(d, ch) for d, ch, _ in table if d >= best - se - 1e-12]
+    least = min((ch.empty_max_probability_below, ch.empty_min_lesion_mm3, ch.min_component_mm3, ch.extra_passes)
+                for _, ch in near)
+    near = [(d, ch) for d, ch in near if (ch.empty_max_probability_below, ch.empty_min_lesion_mm3,
+                                          ch.min_component_mm3, ch.extra_passes) == least]
+    top = max(d for d, _ in near)
+    assert got_se in [ch for d, ch in near if d >= top - 1e-12]
 
 
 def test_a_flip_that_adds_nothing_is_not_chosen():

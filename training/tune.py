@@ -219,38 +219,67 @@ def score_grid(cases: list[CaseData], flip_axes: list[list[int]], members: Seque
 # ---------------------------------------------------------------- choosing
 
 
-def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Callable = lambda *_: None) -> dict:
-    """The choice made on the cases ``on`` (indices into grid.cases): best mean Dice per (member set, flips)
-    group, less TTA_MIN_GAIN per extra forward pass; within the winning group, NSD decides among the configurations
-    within DICE_TIE of its best Dice (rounded to 0.001)."""
+RULES = ("one_se", "argmax")
+DEFAULT_RULE = "one_se"
+
+
+def _conservativeness(choice: Choice) -> tuple:
+    """Orders configurations from the least to the most aggressive post-processing and cost: what can erase a
+    whole true lesion (case-level empty rules, then the component filter) first, then extra TTA passes."""
+    return (choice.empty_max_probability_below, choice.empty_min_lesion_mm3, choice.min_component_mm3,
+            choice.extra_passes)
+
+
+def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Callable = lambda *_: None,
+           rule: str = DEFAULT_RULE) -> dict:
+    """The choice made on the cases ``on`` (indices into grid.cases).
+
+    Every configuration's score is its mean Dice less TTA_MIN_GAIN per extra forward pass.
+    ``argmax``: the best score; NSD decides among those within DICE_TIE of it (Dice rounded to 0.001).
+    ``one_se`` (Breiman's one-standard-error rule): among the configurations within one standard error of the best
+    score (the standard error of the best configuration's mean Dice over ``on``), the least aggressive
+    post-processing (``_conservativeness``), then the best score, then NSD. With ~30 cases and three lesion-free
+    ones, a case-level empty rule or a large component filter that wins on the tuning cases by a fraction of its
+    noise erases small true lesions of unseen cases; the rule keeps such a rule only when it wins clearly.
+    """
     from hieseg.metrics import case_metrics
 
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     nsd_cache = {} if nsd_cache is None else nsd_cache
     on = list(on)
     with warnings.catch_warnings():  # redundant rules are NaN for every case
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(grid.dice[..., on], axis=-1)
-    flat = np.where(np.isnan(mean), -np.inf, mean).reshape(len(grid.prefixes), -1)
-    groups: dict[tuple, list[int]] = {}
-    for p, (members, flips, _, _) in enumerate(grid.prefixes):
-        groups.setdefault((members, flips), []).append(p)
-
-    def adjusted(key):
-        best = flat[groups[key]].max()
-        return best - TTA_MIN_GAIN * sum(len(f) - 1 for f in key[1]), -sum(len(f) - 1 for f in key[1])
-
-    win = max(groups, key=adjusted)
-    rows = np.asarray(groups[win])
-    sub = flat[rows]
-    best = sub.max()
-    order = np.argsort(-sub, axis=None, kind="stable")[:NSD_FINALISTS]
-    finalists = []
-    for o in order:
-        r, rest = divmod(int(o), sub.shape[1])
-        if sub[r, rest] < best - DICE_TIE:
-            break
+    passes = np.asarray([sum(len(f) - 1 for f in p[1]) for p in grid.prefixes], dtype=float)
+    score = np.where(np.isnan(mean), -np.inf, mean - TTA_MIN_GAIN * passes[:, None, None, None])
+    flat = score.reshape(len(grid.prefixes), -1)
+    best_idx = int(np.argmax(flat))
+    best = float(flat.reshape(-1)[best_idx])
+    if rule == "argmax":
+        band = DICE_TIE
+        pool = np.flatnonzero(flat.reshape(-1) >= best - band - 1e-12)
+    else:
+        p, rest = divmod(best_idx, flat.shape[1])
         a, b, c = np.unravel_index(rest, grid.dice.shape[1:4])
-        choice = grid.choice(int(rows[r]), int(a), int(b), int(c))
+        per_case = grid.dice[p, a, b, c][on]
+        band = float(np.std(per_case, ddof=1) / np.sqrt(len(on))) if len(on) > 1 else 0.0
+        pool = np.flatnonzero(flat.reshape(-1) >= best - band - 1e-12)
+
+    def choice_at(i):
+        p, rest = divmod(int(i), flat.shape[1])
+        a, b, c = np.unravel_index(rest, grid.dice.shape[1:4])
+        return grid.choice(p, int(a), int(b), int(c))
+
+    chosen_pool = [(float(flat.reshape(-1)[i]), choice_at(i)) for i in pool]
+    if rule == "one_se":
+        least = min(_conservativeness(ch) for _, ch in chosen_pool)
+        chosen_pool = [(d, ch) for d, ch in chosen_pool if _conservativeness(ch) == least]
+        top = max(d for d, _ in chosen_pool)
+        chosen_pool = [(d, ch) for d, ch in chosen_pool if d >= top - DICE_TIE - 1e-12]
+    chosen_pool.sort(key=lambda t: -t[0])
+    finalists = []
+    for d, choice in chosen_pool[:NSD_FINALISTS]:
         nsds = []
         for i in on:
             key = (choice, i)
@@ -258,13 +287,20 @@ def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Ca
                 case = grid.cases[i]
                 nsd_cache[key] = case_metrics(case.truth, mask_of(case, choice), case.spacing_zyx)["nsd"]
             nsds.append(nsd_cache[key])
-        finalists.append((float(sub[r, rest]), float(np.mean(nsds)), choice))
-        log(f"  finalist dice {finalists[-1][0]:.4f} nsd {finalists[-1][1]:.4f} {choice}")
+        finalists.append((d, float(np.mean(nsds)), choice))
+        log(f"  finalist score {d:.4f} nsd {finalists[-1][1]:.4f} {choice}")
     finalists.sort(key=lambda f: (-round(f[0], 3), -f[1]))
-    dice, nsd, choice = finalists[0]
+    d, nsd, choice = finalists[0]
+    dice = d + TTA_MIN_GAIN * choice.extra_passes
+    groups: dict[tuple, float] = {}
+    for p, (members, flips, _, _) in enumerate(grid.prefixes):
+        groups[(members, flips)] = max(groups.get((members, flips), -np.inf),
+                                       float(np.nanmax(np.where(np.isinf(flat[p]), np.nan, flat[p]))
+                                             + TTA_MIN_GAIN * passes[p]) if np.isfinite(flat[p]).any() else -np.inf)
     groups_scored = [{"members": list(k[0]), "tta_flips": {m: [grid.flip_axes[i] for i in f] for m, f in zip(*k)},
-                      "best_mean_dice": float(flat[groups[k]].max())} for k in groups]
-    return {"choice": choice, "mean_dice": dice, "mean_nsd": nsd, "n_cases": len(on), "groups": groups_scored}
+                      "best_mean_dice": v} for k, v in groups.items()]
+    return {"choice": choice, "mean_dice": dice, "mean_nsd": nsd, "n_cases": len(on), "rule": rule,
+            "band": band, "groups": groups_scored}
 
 
 def case_rows(grid: Grid, choice_of: Callable[[CaseData], Choice]) -> list[dict]:
@@ -278,14 +314,14 @@ def case_rows(grid: Grid, choice_of: Callable[[CaseData], Choice]) -> list[dict]
     return rows
 
 
-def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print) -> dict:
+def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print, rule: str = DEFAULT_RULE) -> dict:
     """Each fold's cases scored with the choice made on the other folds' cases."""
     nsd_cache = {} if nsd_cache is None else nsd_cache
     folds = sorted({c.fold for c in grid.cases})
     chosen = {}
     for k in folds:
         on = [i for i, c in enumerate(grid.cases) if c.fold != k]
-        chosen[k] = select(grid, on, nsd_cache)
+        chosen[k] = select(grid, on, nsd_cache, rule=rule)
         log(f"  nested: fold {k} scored with the choice made on the other folds: "
             f"{chosen[k]['choice'].describe(grid.flip_axes)}")
     rows = case_rows(grid, lambda c: chosen[c.fold]["choice"])
