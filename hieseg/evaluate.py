@@ -21,7 +21,8 @@ from . import __version__
 from .cases import BONBID_ADC_DIR, BONBID_LABEL_DIR, case_id_of, image_files
 from .errors import HiesegError, InputError
 from .io import read_image, write_json, write_text
-from .metrics import SPACING_ORDERS, STRATA, binarize, burden_stratum, case_metrics, lesion_counts, nanmean
+from .metrics import (SPACING_ORDERS, STRATA, binarize, burden_stratum, case_metrics, lesion_counts, nanmean,
+                      scorer_uint8)
 from .preprocess import brain_mask
 
 log = logging.getLogger(__name__)
@@ -61,32 +62,49 @@ def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[tuple[str
     return pairs, extra
 
 
+def _cast_warnings(raw: np.ndarray, labels: np.ndarray) -> list[str]:
+    """What the scorer's uint8 cast does to a prediction that is not a 0/1 mask, one warning per effect."""
+    warnings = []
+    fractional = (raw > 0) & (raw < 1)
+    if fractional.any():
+        warnings.append(f"{int(fractional.sum())} prediction voxels lie in (0, 1) and count as background, as on "
+                        "the leaderboard: threshold probability maps before evaluating")
+    wrapped = (raw != 0) & (labels == 0) & ~fractional
+    if wrapped.any():
+        warnings.append(f"{int(wrapped.sum())} non-zero prediction voxels become 0 in the scorer's uint8 cast "
+                        "(values such as 256 or within (-1, 0)) and count as background, as on the leaderboard")
+    other = np.unique(labels[labels > 1])
+    if other.size:
+        warnings.append(f"prediction labels {', '.join(str(v) for v in other[:5].tolist())} (after the uint8 cast) "
+                        "are not 1: the challenge's Dice counts each label on its own, so they never match the "
+                        "truth's 1 (MASD and NSD count them as foreground); write 0/1 masks")
+    return warnings
+
+
 def evaluate_case(case_id: str, truth_path: Path, pred_path: Path | None, adc_path: Path | None = None,
                   spacing_order: str = "scorer") -> dict[str, Any]:
     """One row: the challenge metrics, burden and lesion-wise counts of one case.
 
     Raises InputError when the prediction (or ADC) grid has a different shape from the truth's.
     """
-    truth_raw, truth_geometry = read_image(truth_path)
-    truth = binarize(truth_raw)
+    truth_raw, truth_geometry = read_image(truth_path, dtype=None)  # the file's own type: the cast decides
+    truth_labels = scorer_uint8(truth_raw)
     warnings: list[str] = []
     if pred_path is None:
-        pred = np.zeros_like(truth)
+        pred_labels = np.zeros_like(truth_labels)
         warnings.append("prediction missing: scored as a failed case (Dice 0, NSD 0, MASD undefined)")
     else:
-        pred_raw, pred_geometry = read_image(pred_path)
-        if pred_raw.shape != truth.shape:
+        pred_raw, pred_geometry = read_image(pred_path, dtype=None)
+        if pred_raw.shape != truth_raw.shape:
             raise InputError(pred_path, f"prediction grid {pred_geometry.size} does not match the truth's "
                                         f"{truth_geometry.size} ({truth_path.name})")
         diffs = truth_geometry.differences(pred_geometry)
         if diffs:
             warnings.append("prediction geometry differs from the truth's (" + "; ".join(diffs)
                             + "): scored on the truth's grid, check the pipeline")
-        fractional = (pred_raw > 0) & (pred_raw < 1)
-        if fractional.any():
-            warnings.append(f"{int(fractional.sum())} prediction voxels lie in (0, 1) and count as background, as on "
-                            "the leaderboard: threshold probability maps before evaluating")
-        pred = binarize(pred_raw)
+        pred_labels = scorer_uint8(pred_raw)
+        warnings.extend(_cast_warnings(pred_raw, pred_labels))
+    truth, pred = truth_labels != 0, pred_labels != 0
     for message in warnings:
         log.warning("%s: %s", case_id, message)
 
@@ -105,7 +123,7 @@ def evaluate_case(case_id: str, truth_path: Path, pred_path: Path | None, adc_pa
     truth_voxels = int(truth.sum())
     burden = truth_voxels / reference if reference else math.nan
     row: dict[str, Any] = {"case": case_id}
-    row.update(case_metrics(truth, pred, truth_geometry.spacing_zyx, spacing_order))
+    row.update(case_metrics(truth_labels, pred_labels, truth_geometry.spacing_zyx, spacing_order))
     if pred_path is None:  # a failed case earns nothing, even on a lesion-free truth where an empty mask scores 1
         row.update({"dice": 0.0, "nsd": 0.0, "masd": math.nan})
     row.update({
@@ -259,8 +277,8 @@ def write_qc(report: dict[str, Any], qc_dir: Path, adc_dir: Path | None) -> list
         if row["case"] not in adcs:
             continue
         adc, geometry = read_image(adcs[row["case"]])
-        truth = binarize(read_image(row["truth_file"])[0])
-        pred = binarize(read_image(row["pred_file"])[0]) if row["pred_file"] else np.zeros_like(truth)
+        truth = binarize(read_image(row["truth_file"], dtype=None)[0])
+        pred = binarize(read_image(row["pred_file"], dtype=None)[0]) if row["pred_file"] else np.zeros_like(truth)
         title = (f"{row['case']}   Dice {_num(row['dice'])}   MASD {_num(row['masd'], 2)} mm   "
                  f"NSD {_num(row['nsd'])}")
         written.append(qc.write_montage(adc, pred, qc_dir / f"{row['case']}.png", truth=truth, title=title,
@@ -288,8 +306,8 @@ def register(subparsers) -> None:
                              "instead of the whole image, and per-case QC montages")
     parser.add_argument("--spacing-order", choices=SPACING_ORDERS, default="scorer",
                         help="'scorer' (default) passes spacing to the surface distances as the challenge does, "
-                             "(x, y, z) for (z, y, x) arrays, so numbers match the leaderboard; 'physical' uses the "
-                             "true voxel spacing")
+                             "(z, x, y) for (z, y, x) arrays (the in-plane spacings swapped), so numbers match the "
+                             "leaderboard; 'physical' uses the true voxel spacing")
     parser.add_argument("--qc", type=Path, metavar="DIR",
                         help="write QC pictures: summary.png (Dice vs burden) and, with --adc, a montage per case")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log detail")

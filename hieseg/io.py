@@ -106,8 +106,8 @@ def _fmt(values: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
-    """Read a 3D scalar image as a float32 (z, y, x) array and its geometry.
+def read_image(path: str | Path, dtype: type | None = np.float32) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scalar image as a (z, y, x) array of ``dtype`` (None: the file's own pixel type) and its geometry.
 
     Raises InputError (naming the file) for a missing, unsupported, unreadable, non-3D or non-scalar image.
     """
@@ -126,7 +126,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     if image.GetDimension() != 3:
         raise InputError(path, f"expected a 3D image, got {image.GetDimension()}D of size {image.GetSize()}")
     try:
-        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+        array = sitk.GetArrayFromImage(image)
+        if dtype is not None:
+            array = array.astype(dtype, copy=False)
     except RuntimeError:
         raise InputError(path, "cannot read pixel data (truncated or corrupt file)") from None
     return array, Geometry.of(image)

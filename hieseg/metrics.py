@@ -1,10 +1,12 @@
 """Per-case segmentation metrics exactly as the BONBID-HIE challenge scorer computes them, plus lesion-wise counts.
 
 The scorer (``bonbidhie_eval/evaluation.py`` in github.com/baorina/BONBID-HIE-MICCAI2023) reads both images with
-SimpleITK, casts them to uint8, takes the (z, y, x) arrays as bool and scores them with DeepMind's
-``surface-distance`` code:
+SimpleITK, casts them to uint8 (``scorer_uint8``), puts the truth's geometry on the prediction, takes the (z, y, x)
+arrays as bool and scores them with its copy of DeepMind's ``surface-distance`` code (the same algorithm as the
+``surface-distance`` 0.1 package used here):
 
-- Dice = 2|A∩B| / (|A| + |B|);
+- Dice = 2|A∩B| / (|A| + |B|), from SimpleITK's LabelOverlapMeasuresImageFilter on the uint8 labels (each non-zero
+  label counted on its own; the plain Dice on 0/1 masks);
 - MASD = mean of the two directed, surfel-area weighted average surface distances (mm);
 - NSD = surface Dice at a 2 mm tolerance;
 - empty truth and empty prediction: Dice 1, MASD 0, NSD 1; empty truth and any prediction, or an empty prediction
@@ -54,18 +56,33 @@ def _surface_distance():
     return surface_distance
 
 
-def binarize(array: np.ndarray) -> np.ndarray:
-    """Foreground as the scorer sees it: the value cast to uint8 (truncation toward zero) is non-zero.
+def scorer_uint8(array: np.ndarray) -> np.ndarray:
+    """The values as SimpleITK's cast to uint8 leaves them, the scorer's first step on both images.
 
-    Labels and hieseg masks hold 0/1 and are unchanged; an unthresholded probability map (values in (0, 1)) is all
-    background, exactly as it would be on the leaderboard.
+    Integers wrap modulo 256 (a label 256 is background); floats are truncated toward zero through a 32-bit
+    integer and then wrap (C's conversion on x86-64: -1.0 becomes 255, 256.0 becomes 0; NaN, infinities and values
+    beyond the 32-bit range become 0). An unthresholded probability map (values in (0, 1)) is all background,
+    exactly as it would be on the leaderboard.
+    """
+    array = np.asarray(array)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.uint8)  # numpy's integer cast wraps modulo 256, as C's does
+    truncated = np.trunc(array.astype(np.float64))
+    fits = np.isfinite(truncated) & (truncated >= -2.0 ** 31) & (truncated < 2.0 ** 31)
+    return (np.where(fits, truncated, 0.0).astype(np.int64) % 256).astype(np.uint8)
+
+
+def binarize(array: np.ndarray) -> np.ndarray:
+    """Foreground as the scorer's surface distances see it: the value cast to uint8 (``scorer_uint8``) is non-zero.
+
+    Labels and hieseg masks hold 0/1 and are unchanged.
     """
     array = np.asarray(array)
     if array.dtype == bool:
         return array
-    if np.issubdtype(array.dtype, np.floating):
-        return np.trunc(array) != 0
-    return array != 0
+    return scorer_uint8(array) != 0
 
 
 def scorer_spacing(spacing_zyx: Sequence[float], spacing_order: str = "scorer") -> tuple[float, float, float]:
@@ -86,12 +103,19 @@ def scorer_spacing(spacing_zyx: Sequence[float], spacing_order: str = "scorer") 
     return (sitk_xyz[-1], sitk_xyz[0], sitk_xyz[1])
 
 
-def dice(truth: np.ndarray, pred: np.ndarray) -> float:
-    """2|A∩B| / (|A| + |B|); 1.0 when both are empty (the challenge's rule)."""
-    total = int(truth.sum()) + int(pred.sum())
+def label_overlap_dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """The Dice of SimpleITK's LabelOverlapMeasuresImageFilter, which the scorer reports, on two uint8 label arrays.
+
+    The filter counts each non-zero label separately: with I and U the summed per-label intersections and unions,
+    Dice = 2 (I/U) / (1 + I/U) = 2 I / (|truth != 0| + |pred != 0|), where I counts the voxels holding the same
+    non-zero label in both. On 0/1 masks it is the plain Dice; a prediction written as 0/255 scores 0 against 0/1
+    labels, as it would on the leaderboard. 1.0 when both are empty (the challenge's rule).
+    """
+    total = int(np.count_nonzero(truth)) + int(np.count_nonzero(pred))
     if total == 0:
         return 1.0
-    return 2.0 * int(np.logical_and(truth, pred).sum()) / total
+    same = int(np.count_nonzero((truth == pred) & (truth != 0)))
+    return 2.0 * same / total
 
 
 def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing_zyx: Sequence[float],
@@ -101,12 +125,13 @@ def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing_zyx: Sequence[floa
     ``truth`` and ``pred`` are (z, y, x) arrays of the same shape (labels, masks or anything the scorer would cast
     to uint8); ``spacing_zyx`` is the truth's spacing. MASD is NaN where the challenge leaves it undefined.
     """
-    truth, pred = binarize(truth), binarize(pred)
-    if truth.shape != pred.shape:
-        raise ValueError(f"truth and prediction shapes differ: {truth.shape} vs {pred.shape}")
-    if truth.ndim != 3:
-        raise ValueError(f"expected 3D masks, got shape {truth.shape}")
+    truth_labels, pred_labels = scorer_uint8(truth), scorer_uint8(pred)
+    if truth_labels.shape != pred_labels.shape:
+        raise ValueError(f"truth and prediction shapes differ: {truth_labels.shape} vs {pred_labels.shape}")
+    if truth_labels.ndim != 3:
+        raise ValueError(f"expected 3D masks, got shape {truth_labels.shape}")
     spacing = scorer_spacing(spacing_zyx, spacing_order)
+    truth, pred = truth_labels != 0, pred_labels != 0
     has_truth, has_pred = bool(truth.any()), bool(pred.any())
     if not has_truth and not has_pred:
         return {"dice": 1.0, "masd": 0.0, "nsd": 1.0}
@@ -118,7 +143,7 @@ def case_metrics(truth: np.ndarray, pred: np.ndarray, spacing_zyx: Sequence[floa
         distances = sd.compute_surface_distances(truth, pred, spacing)
     gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(distances)
     return {
-        "dice": float(dice(truth, pred)),
+        "dice": float(label_overlap_dice(truth_labels, pred_labels)),
         "masd": float(np.mean([gt_to_pred, pred_to_gt])),
         "nsd": float(sd.compute_surface_dice_at_tolerance(distances, NSD_TOLERANCE_MM)),
     }

@@ -2,8 +2,9 @@
 
 ``real_cases_dir()`` returns ``.cache/data/BONBID2023_Train`` (with ``1ADC_ss/``, ``2Z_ADC/``, ``3LABEL/``), extracting
 ``../shared/data/bonbid2023-train-40cases.tar.gz`` first when needed and checking every file against
-``../shared/data/SHA256SUMS``. Without the tarball the calling test is skipped. Nothing derived from these files may
-be committed: write test outputs under ``tmp_path`` or ``.cache/``.
+``../shared/data/SHA256SUMS``. Without the tarball the calling test is skipped, except in CI (environment variable
+``CI`` set to true or 1), where missing real data fails the test: a CI run must not pass by skipping what it checks.
+Nothing derived from these files may be committed: write test outputs under ``tmp_path`` or ``.cache/``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -80,11 +82,24 @@ def _prepare() -> Path | None:
     return CACHE / RELEASE
 
 
+def in_ci() -> bool:
+    """True where the environment says this is a CI run (``CI=true`` or ``CI=1``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip the calling test for a missing input, or fail it in CI, where that input is required."""
+    if in_ci():
+        pytest.fail(f"{reason} (required in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
 def real_cases_dir() -> Path:
-    """The BONBID release root with the 40 real cases; skips the calling test when the tarball is absent."""
+    """The BONBID release root with the 40 real cases; skips the calling test when the tarball is absent (fails in
+    CI)."""
     root = _prepare()
     if root is None:
-        pytest.skip(f"real cases not available: {TARBALL} (and SHA256SUMS) not found")
+        skip_unless_ci(f"real cases not available: {TARBALL} (and SHA256SUMS) not found")
     return root
 
 

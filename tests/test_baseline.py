@@ -60,7 +60,8 @@ def test_grand_challenge_layout(tmp_path):
     write_image(zadc, GEOMETRY, tmp_path / "in" / "images" / "z-score-adc" / "case.mha")
     assert main(["baseline", str(tmp_path / "in"), str(tmp_path / "out"), "-q"]) == 0
     mask, _ = read_image(tmp_path / "out" / "images" / "hie-lesion-segmentation" / "overlay.mha")
-    assert np.array_equal(mask.astype(bool), baseline_mask(adc, zadc))
+    assert np.array_equal(mask.astype(bool), (zadc < -2) & (adc > 0))
+    assert mask[0].sum() == 0  # slice 0 has Z-ADC -5 but lies outside the brain (ADC 0)
 
 
 def test_one_failing_case_does_not_stop_the_others(tmp_path, capsys):

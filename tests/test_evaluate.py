@@ -27,6 +27,11 @@ def _mask(*boxes) -> np.ndarray:
 
 
 LESION = (slice(3, 5), slice(5, 9), slice(6, 10))  # 2 x 4 x 4 = 32 voxels
+# MASD and NSD of MGHNICU_001 (truth LESION, prediction NEAR + FAR): the challenge's own bonbidhie_eval/evaluation.py
+# (baorina/BONBID-HIE-MICCAI2023, score_case) run once on these two files. Literal, so that hieseg cannot agree
+# with itself: the old (x, y, z) spacing order gave other numbers here (4 mm slices, 1.5 mm pixels).
+NEAR_MASD_MM = 1.8368245787938238
+NEAR_NSD = 0.9170706061992151
 NEAR = (slice(3, 5), slice(6, 10), slice(6, 10))
 FAR = (slice(1, 2), slice(15, 17), slice(18, 20))
 
@@ -83,14 +88,16 @@ def test_rows_and_summary(folders, caplog):
     # Partial overlap (2 x 3 x 4 = 24 voxels) plus a 4-voxel false-positive component: Dice = 2 * 24 / (32 + 36).
     near = rows["MGHNICU_001"]
     assert near["dice"] == pytest.approx(48 / 68)
+    assert near["masd"] == pytest.approx(NEAR_MASD_MM, abs=1e-9) and near["nsd"] == pytest.approx(NEAR_NSD, abs=1e-9)
     assert (near["lesions"], near["lesions_detected"], near["fp_components"]) == (1, 1, 1)
     assert near["burden"] == pytest.approx(32 / np.prod(SHAPE))  # no --adc: relative to the image
     assert near["truth_ml"] == pytest.approx(32 * 1.5 * 1.5 * 4.0 / 1000)
-    # Means skip NaN: MASD is the mean of the three defined values.
+    # Means skip NaN: MASD is the mean of the three defined values (MGHNICU_001, 003, other).
     overall = report["summary"]["overall"]
     assert overall["cases"] == 4 and overall["masd_undefined"] == 1
-    assert overall["masd"] == pytest.approx(np.mean([near["masd"], 0.0, 0.0]))
-    assert overall["dice"] == pytest.approx(np.mean([48 / 68, 0.0, 1.0, 1.0]))
+    assert overall["masd"] == pytest.approx((NEAR_MASD_MM + 0.0 + 0.0) / 3, abs=1e-9)
+    assert overall["dice"] == pytest.approx((48 / 68 + 0.0 + 1.0 + 1.0) / 4, abs=1e-12)
+    assert overall["nsd"] == pytest.approx((NEAR_NSD + 0.0 + 1.0 + 1.0) / 4, abs=1e-9)
     detection = report["summary"]["detection"]
     assert (detection["lesions"], detection["lesions_detected"]) == (3, 2)
     text = format_report(report)
@@ -153,6 +160,29 @@ def test_probability_map_counts_as_background_and_warns(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
     assert row["dice"] == 0.0 and "threshold probability maps" in caplog.text
+
+
+def test_label_255_scores_like_the_scorer_and_warns(tmp_path, caplog):
+    """The scorer's Dice counts each label on its own (LabelOverlapMeasuresImageFilter): a 0/255 copy of the 0/1
+    truth scores Dice 0, while MASD and NSD, on the bool masks, are perfect."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")
+    write_image(_mask(LESION).astype(np.float32) * 255, GEOMETRY, pred / "MGHNICU_001.mha")
+    with caplog.at_level(logging.WARNING):
+        row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+    assert (row["dice"], row["masd"], row["nsd"]) == (0.0, 0.0, 1.0)
+    assert "labels 255" in caplog.text and "write 0/1 masks" in caplog.text
+
+
+def test_values_the_uint8_cast_wraps_to_zero_are_background_and_warn(tmp_path, caplog):
+    """SimpleITK's cast to uint8 wraps modulo 256: a prediction holding 256 is empty for the scorer."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")
+    write_image(_mask(LESION).astype(np.int16) * 256, GEOMETRY, pred / "MGHNICU_001.mha")
+    with caplog.at_level(logging.WARNING):
+        row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+    assert row["dice"] == 0.0 and row["nsd"] == 0.0 and math.isnan(row["masd"]) and row["pred_ml"] == 0.0
+    assert "32 non-zero prediction voxels become 0" in caplog.text
 
 
 def test_summary_of_no_rows():

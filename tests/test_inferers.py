@@ -84,7 +84,12 @@ def test_flip_tta_undoes_each_flip():
 def test_gaussian_weights_and_tiles():
     w = gaussian_weights((8, 16, 16))
     assert w.max() == 1.0 and w.min() > 0 and w[4, 8, 8] == w.max()
-    assert tile_starts(100, 32, 0.5) == [0, 17, 34, 51, 68] or tile_starts(100, 32, 0.5)[-1] == 68
+    # 100 voxels, 32-voxel tiles, 50% overlap: a step of at most 16 needs ceil((100 - 32) / 16) + 1 = 6 tiles, spread
+    # evenly from 0 to 100 - 32 = 68, i.e. 68 / 5 = 13.6 apart: 0, 13.6, 27.2, 40.8, 54.4, 68, rounded.
+    assert tile_starts(100, 32, 0.5) == [0, 14, 27, 41, 54, 68]
+    assert tile_starts(64, 32, 0.5) == [0, 16, 32]  # 32 / 16 + 1 = 3 tiles, exactly 16 apart
+    assert tile_starts(33, 32, 0.5) == [0, 1]  # one voxel past a tile: a second tile flush with the end
+    assert tile_starts(32, 32, 0.5) == [0]
     assert tile_starts(10, 32, 0.5) == [0]
     padded, crop = pad_spatial(np.ones((1, 3, 5)), (4, 8))
     assert padded.shape == (1, 4, 8) and padded[(0,) + crop].sum() == 15

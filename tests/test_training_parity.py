@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from realdata import skip_unless_ci
 
 torch = pytest.importorskip("torch", reason="training environment (torch) not installed: see training/setup.sh")
 pytest.importorskip("monai", reason="training environment (MONAI) not installed: see training/setup.sh")
@@ -28,7 +29,7 @@ CASE = "MGHNICU_438"
 @pytest.fixture(scope="module")
 def real_case():
     if not TARBALL.is_file() and not (REPO / ".cache" / "data" / "BONBID2023_Train").is_dir():
-        pytest.skip("real cases not available (../shared/data)")
+        skip_unless_ci("real cases not available (../shared/data)")
     from training.data import ensure_data, load_cases
 
     return load_cases(ensure_data(), [CASE])[CASE]
