@@ -218,6 +218,8 @@ class Run:
         choice = shipped["choice"]
         in_sample = T.case_rows(grid, lambda c: choice)
         nest = T.nested(grid, nsd_cache, log=log) if len(folds) > 1 else None
+        by_rule = {rule: T.summarise(T.nested(grid, nsd_cache, log=lambda *_: None, rule=rule)["rows"])
+                   for rule in T.RULES if rule != T.DEFAULT_RULE and len(folds) > 1}
         by_set = {}
         for members in T.candidates(pool) if len(folds) > 1 else []:
             sub = T.Grid(*T.restrict(grid, members))
@@ -249,7 +251,8 @@ class Run:
                   "scores": {"nested": scores(nest["rows"]) if nest else None, "in_sample": scores(in_sample),
                              "baseline": scores(baseline)},
                   "nested_per_fold_choice": nest["per_fold_choice"] if nest else None,
-                  "nested_by_member_set": by_set, "per_case": per_case}
+                  "nested_by_member_set": by_set, "selection_rule": T.DEFAULT_RULE,
+                  "nested_by_other_rule": by_rule, "per_case": per_case}
         (self.workdir / "tuning.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
         b = result["scores"]["baseline"]["overall"]
         head = result["scores"]["nested" if nest else "in_sample"]["overall"]

@@ -249,8 +249,8 @@ def export_all(run, tuning: dict, log=print) -> dict:
                         "on the other folds before each fold is scored -- the honest estimate; in_sample: the "
                         "shipped choice scored on the cases it was chosen on (optimistic). OOF uses one fold "
                         "network per case; the shipped model averages all folds' networks",
-                "nested": (scores["nested"] or {}).get("overall"), "baseline_zadc_below_-2": scores["baseline"]["overall"],
-                "in_sample_optimistic": scores["in_sample"]["overall"],
+                "nested": scores["nested"], "baseline_zadc_below_-2": scores["baseline"],
+                "in_sample_optimistic": scores["in_sample"], "selection_rule": tuning.get("selection_rule"),
                 "nested_by_member_set": tuning.get("nested_by_member_set")},
             "fusion_tuning": {k: fusion[k] for k in ("weights", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain")
                               if k in fusion},

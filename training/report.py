@@ -97,6 +97,11 @@ def tuning_section(tuning: dict) -> list[str]:
                   "", "| member set | Dice | MASD (mm) | NSD |", "|---|---|---|---|"]
         lines += [f"| {name} | {_m(s)} |" for name, s in by_set.items()]
         lines += [""]
+    for rule, s in (tuning.get("nested_by_other_rule") or {}).items():
+        lines += [f"Selection rule: `{tuning.get('selection_rule')}` (Breiman's one-standard-error rule: among the "
+                  "configurations within one standard error of the best, the least aggressive post-processing; "
+                  f"`training/tune.py`). The same nested procedure with `{rule}` instead: {_m(s)} (Dice | MASD | "
+                  "NSD).", ""]
     if tuning.get("nested_per_fold_choice"):
         lines += ["Choice made for each fold on the other folds:", "",
                   "| fold | members (weights) | TTA | threshold | min mm³ | empty peak < | empty mm³ < | inner Dice |",
