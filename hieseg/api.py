@@ -73,6 +73,21 @@ class Segmenter(pipeline.Segmenter):
             zadc: its Z-ADC map, on the same grid.
             case_id: the report's ``case_id`` (default: from the ADC file name, or 'case' for an image).
         """
+        if isinstance(adc, (str, Path)) and isinstance(zadc, (str, Path)):
+            case = pair_case(adc, zadc)
+            if case_id is not None:
+                case = Case(case_id, case.adc, case.zadc, f"{case_id}_lesion")
+            result = self.segment_case(case)  # exactly what `hieseg predict` runs on these files
+        else:
+            result = self._segment_images(adc, zadc, case_id or "case")
+        report = dict(result.report)
+        report["seconds"] = {k: round(v, 3) for k, v in result.timings.items()}
+        report["seconds"]["total"] = round(sum(result.timings.values()), 3)
+        mask = np.ascontiguousarray(result.mask, dtype=np.uint8)
+        return result.geometry.apply(sitk.GetImageFromArray(mask)), report
+
+    def _segment_images(self, adc: ImageLike, zadc: ImageLike, case_id: str) -> pipeline.CaseResult:
+        """``segment_case`` for in-memory images (or a mix of an image and a path)."""
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         adc_array, geometry, adc_label = _load(adc, "adc")
@@ -80,19 +95,13 @@ class Segmenter(pipeline.Segmenter):
         t1 = time.perf_counter()
         validate_pair(adc_array, geometry, adc_label, zadc_array, zadc_geometry, zadc_label)
         timings.update(read=t1 - t0, validate=time.perf_counter() - t1)
-        case = (pair_case(adc_label, zadc_label) if isinstance(adc, (str, Path))
-                else Case("case", adc_label, zadc_label, "case_lesion"))
-        if case_id is not None:
-            case = Case(case_id, case.adc, case.zadc, f"{case_id}_lesion")
         mask, prob = self.segment(adc_array, zadc_array, geometry, timings)
-        result = pipeline.CaseResult(case, mask, prob, geometry, adc_array, timings)
+        result = pipeline.CaseResult(Case(case_id, adc_label, zadc_label, f"{case_id}_lesion"), mask, prob,
+                                     geometry, adc_array, timings)
         t2 = time.perf_counter()
-        report = self.case_report(result)
+        result.report = self.case_report(result)
         timings["report"] = time.perf_counter() - t2
-        report["seconds"] = {k: round(v, 3) for k, v in timings.items()}
-        report["seconds"]["total"] = round(sum(timings.values()), 3)
-        image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(mask, dtype=np.uint8)))
-        return image, report
+        return result
 
     predict = __call__
 
