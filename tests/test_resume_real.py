@@ -63,6 +63,7 @@ def test_killed_run_resumed_with_continue_is_voxel_identical(tmp_path, toy_model
     proc.wait()
     proc.stderr.close()
     done_before = _finished(resumed)
+    print(f"\nkilled the run after {done_before} of {N_CASES} finished cases", flush=True)
     assert 0 < done_before < N_CASES, done_before
     assert not (resumed / "summary.csv").exists()  # the killed run never got to its summary
 
