@@ -42,7 +42,9 @@ RUN set -eux; \
 
 # ---- the application files, made world-readable whatever the host's umask was (the image runs as non-root) ------
 FROM runtime-base AS app
-# The model folder to bake in, relative to the context: model (default) or build/model (build.sh MODEL_DIR=...).
+# The model folder to bake in, relative to the context: model (default) or build/model (build.sh MODEL_DIR=...;
+# MODEL_DIR=none stages an empty build/model, for an image whose model comes from Grand Challenge's model tarball
+# at /opt/ml/model). build.sh labels the image with the code version and the model's version + manifest sha256.
 ARG MODEL_DIR=model
 COPY ${MODEL_DIR}/ /opt/app/model/
 COPY hieseg/ /opt/app/hieseg/

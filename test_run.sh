@@ -4,6 +4,8 @@
 # input ADC's size, spacing, origin and direction. Without a GPU it also checks that the log names the CPU in
 # one line and that `--device cuda` fails with a clear message (exit 1, one error line, no traceback); with a GPU
 # (nvidia-smi works on the host) it runs with --gpus all and checks that the log shows CUDAExecutionProvider in use.
+# It also runs the case presented with a Grand Challenge inputs.json (socket list, uuid-named files) and checks that
+# the mask is the same.
 #
 #   ./test_run.sh [IMAGE]                       # default: hieseg:<version>, or hieseg:<version>-cpu with VARIANT=cpu
 #   OPT_ML_MODEL=/path/to/model ./test_run.sh   # also mount a model folder at /opt/ml/model (GC's model upload)
@@ -79,6 +81,32 @@ if problems:
 print(f"overlay.mha OK: size {out.GetSize()}, spacing {out.GetSpacing()}, uint8, values {values.tolist()}, "
       f"{int(sitk.GetArrayViewFromImage(out).sum())} lesion voxels")
 ' || fail "overlay.mha does not match the input grid"
+
+# The same case the way Grand Challenge's current runtime presents it: /input/inputs.json listing the two sockets,
+# each image named after its stored image (a uuid), not after the upload. The mask must be the same.
+if [[ ! -f "$input/inputs.json" ]]; then
+  gcin="$out/input-inputs-json"
+  mkdir -p "$gcin/images/skull-stripped-adc-brain-mri" "$gcin/images/z-score-adc" "$out/output-inputs-json"
+  cp "$(ls "$input"/images/skull-stripped-adc-brain-mri/*.mha | head -1)" "$gcin/images/skull-stripped-adc-brain-mri/0f5e2c1a-6b1d-4a8e-9d33-5b1f7c2e9a41.mha"
+  cp "$(ls "$input"/images/z-score-adc/*.mha | head -1)" "$gcin/images/z-score-adc/7c9d0e4b-2a3f-4b6c-8e1d-0a9b8c7d6e5f.mha"
+  sock() {  # sock SLUG TITLE RELATIVE_PATH PK: one socket object as Grand Challenge serialises it
+    printf '{"title": "%s", "description": "", "slug": "%s", "kind": "Image", "pk": %s, "default_value": null, "super_kind": "Image", "relative_path": "%s", "overlay_segments": [], "look_up_table": null}' "$2" "$1" "$4" "$3"
+  }
+  a="$(sock skull-stripped-adc "Skull Stripped ADC" images/skull-stripped-adc-brain-mri 412)"
+  z="$(sock z-score-apparent-diffusion-coefficient-map "Z-score ADC" images/z-score-adc 413)"
+  cat > "$gcin/inputs.json" <<JSON
+[{"socket": $a, "interface": $a, "value": null, "file": null, "image": {"pk": "0f5e2c1a-6b1d-4a8e-9d33-5b1f7c2e9a41", "name": "adc.mha"}, "pk": 900412},
+ {"socket": $z, "interface": $z, "value": null, "file": null, "image": {"pk": "7c9d0e4b-2a3f-4b6c-8e1d-0a9b8c7d6e5f", "name": "zadc.mha"}, "pk": 900413}]
+JSON
+  chmod -R a+rwX "$out"
+  json_flags=()
+  for f in "${flags[@]}"; do [[ "$f" == "$input:/input:ro" ]] && f="$gcin:/input:ro"; json_flags+=("$f"); done
+  run_container gc-json "${json_flags[@]}" -v "$out/output-inputs-json:/output" "$image" >/dev/null 2>"$out/stderr-json.log"
+  [[ $rc == 0 ]] || { sed 's/^/  | /' "$out/stderr-json.log" >&2; fail "the run with inputs.json exited with $rc"; }
+  cmp -s "$out/output/images/hie-lesion-segmentation/overlay.mha" "$out/output-inputs-json/images/hie-lesion-segmentation/overlay.mha" \
+    || fail "the run with inputs.json wrote a different overlay.mha than the folder-only run"
+  echo "test_run.sh: inputs.json (Grand Challenge's socket list) run: same overlay.mha as the folder-only run" >&2
+fi
 
 if [[ $gpu == 0 ]]; then
   # No GPU: the log names the CPU in one line ...

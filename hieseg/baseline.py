@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cases import GC_OUTPUT, Case, find_cases
+from .cases import Case, find_cases
 from .errors import HiesegError, InputError
+from .gc_interface import GC_OUTPUT
 from .io import read_image, write_mask
 from .preprocess import brain_mask
 

@@ -1,7 +1,8 @@
 """Finding cases in the input layouts hieseg understands, and naming their outputs.
 
 Layouts:
-- Grand Challenge: ``IN/images/skull-stripped-adc-brain-mri/<one file>`` and ``IN/images/z-score-adc/<one file>``.
+- Grand Challenge: ``IN/images/skull-stripped-adc-brain-mri/<one file>`` and ``IN/images/z-score-adc/<one file>``,
+  or the folders that ``IN/inputs.json`` lists for the two sockets (see gc_interface).
 - BONBID release: ``IN/1ADC_ss/MGHNICU_<id>-VISIT_01-ADC_ss.<ext>`` with
   ``IN/2Z_ADC/Zmap_MGHNICU_<id>-VISIT_01-ADC_smooth2mm_clipped10.<ext>``.
 - An explicit pair given on the command line.
@@ -14,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUTS_JSON, ZADC_SOCKET,  # noqa: F401
+                           read_inputs_json, socket_file)
 from .io import IMAGE_SUFFIXES, image_suffix, strip_suffix
 
-GC_ADC_DIR = Path("images/skull-stripped-adc-brain-mri")
-GC_ZADC_DIR = Path("images/z-score-adc")
-GC_OUTPUT = Path("images/hie-lesion-segmentation/overlay.mha")
 BONBID_ADC_DIR = "1ADC_ss"
 BONBID_ZADC_DIR = "2Z_ADC"
 BONBID_LABEL_DIR = "3LABEL"
@@ -62,7 +62,7 @@ def _single(folder: Path, what: str) -> Path:
 
 
 def is_grand_challenge(root: Path) -> bool:
-    return (root / GC_ADC_DIR).is_dir() or (root / GC_ZADC_DIR).is_dir()
+    return (root / INPUTS_JSON).is_file() or (root / GC_ADC_DIR).is_dir() or (root / GC_ZADC_DIR).is_dir()
 
 
 def is_bonbid(root: Path) -> bool:
@@ -70,6 +70,12 @@ def is_bonbid(root: Path) -> bool:
 
 
 def grand_challenge_case(root: Path) -> Case:
+    """The case of a Grand Challenge input folder: the files inputs.json lists when present, else the folders."""
+    sockets = read_inputs_json(root)
+    if sockets is not None:
+        adc = socket_file(sockets[ADC_SOCKET], image_files)
+        zadc = socket_file(sockets[ZADC_SOCKET], image_files)
+        return Case(case_id_of(adc), adc, zadc, "overlay")
     adc = _single(root / GC_ADC_DIR, "skull-stripped ADC")
     zadc = _single(root / GC_ZADC_DIR, "Z-ADC")
     return Case(case_id_of(adc), adc, zadc, "overlay")

@@ -1,4 +1,4 @@
-"""Command-line interface: ``hieseg predict | evaluate | baseline | make-sample`` and the Grand Challenge entry.
+"""Command-line interface: ``hieseg predict | merge | evaluate | baseline | make-sample``; Grand Challenge entry.
 
 Logs go to stderr; stdout carries only results (one tab-separated line per case).
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .cases import GC_OUTPUT, Case, find_cases, is_grand_challenge, pair_case, shard
+from .cases import Case, find_cases, is_grand_challenge, pair_case, shard
+from .cohort import completed_report, is_case_list, read_case_list, resolve_shard, summary_row
+from .devices import DEVICE_HELP, device_arg
 from .errors import HiesegError, InputError, OutputError
+from .gc_interface import GC_OUTPUT, GC_REPORT
 from .progress import progress
 from .report import write_summary_csv
-from .sessions import DEVICES
 
 log = logging.getLogger("hieseg")
-
-GC_REPORT = Path("hieseg-report.json")
 
 
 def setup_logging(verbosity: int = 0) -> None:
@@ -57,11 +57,12 @@ def check_writable(folder: Path) -> None:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="cuda: fail if CUDA cannot run; auto: CUDA when it works, else CPU (default)")
+    parser.add_argument("--device", type=device_arg, default="auto", metavar=DEVICE_HELP.replace(" ", ""),
+                        help="cuda: fail if CUDA cannot run (cuda:N: GPU N); auto: CUDA when it works, else CPU "
+                             "(default)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="model folder with manifest.json (default: /opt/ml/model if it has one, "
-                             "else the bundled model/)")
+                        help="model folder with manifest.json (default: $HIESEG_MODEL_DIR, else /opt/ml/model "
+                             "if it has one, else the model shipped with hieseg)")
     parser.add_argument("--gpu-mem-limit", type=parse_bytes, default=None, metavar="SIZE",
                         help="cap on ONNX Runtime's CUDA memory arena, e.g. 4G")
     parser.add_argument("--threads", type=int, default=None,
@@ -99,7 +100,12 @@ def _collect_cases(args: argparse.Namespace) -> tuple[list[Case], bool]:
     if len(args.paths) != 2:
         raise InputError(None, "usage: hieseg predict INPUT OUTPUT (or --adc A --zadc Z OUTPUT)")
     root = Path(args.paths[0])
-    return find_cases(root), is_grand_challenge(root)
+    return collect_input_cases(root), not is_case_list(root) and is_grand_challenge(root)
+
+
+def collect_input_cases(root: Path) -> list[Case]:
+    """The cases of an INPUT: a CSV case list (case_id,adc,zadc), or a Grand Challenge or BONBID folder."""
+    return read_case_list(root) if is_case_list(root) else find_cases(root)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -107,20 +113,25 @@ def run_predict(args: argparse.Namespace) -> int:
 
     cases, gc_layout = _collect_cases(args)
     out = Path(args.paths[-1])
+    shard_spec = resolve_shard(args.shard)
     try:
-        cases = shard(cases, args.shard)
+        cases = shard(cases, shard_spec)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
     check_writable(out)
     if not cases:
-        log.warning("shard %s holds no cases", args.shard)
+        log.warning("shard %s holds no cases", shard_spec)
         return 0
     t_start = time.perf_counter()
     segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
     rows, failures = [], []
-    iterator = progress(cases, desc="hieseg") if len(cases) > 1 else cases
+    all_paths = {case.case_id: _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc)
+                 for case in cases}
+    done = _finished_cases(cases, all_paths, segmenter.manifest.sha256) if args.resume else {}
+    todo = [case for case in cases if case.case_id not in done]
+    iterator = progress(todo, desc="hieseg") if len(todo) > 1 else todo
     for case in iterator:
-        paths = _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc)
+        paths = all_paths[case.case_id]
         try:
             result = segmenter.segment_case(case)
             report = write_case_outputs(result, **paths)
@@ -137,20 +148,32 @@ def run_predict(args: argparse.Namespace) -> int:
             failures.append((case.case_id, message))
             rows.append({"case_id": case.case_id, "status": "failed", "error": message})
             continue
-        rows.append({**report, "status": "ok", "output": str(paths["mask_path"]),
-                     "providers": ";".join(sorted(set(segmenter.providers.values()))),
-                     "seconds_total": report["seconds"]["total"]})
+        rows.append(summary_row(report, paths["mask_path"]))
         print(f"{case.case_id}\t{report['lesion_volume_ml']:.3f} mL\t{report['burden_class']}\t"
               f"{paths['mask_path']}", flush=True)
+    order = {case.case_id: i for i, case in enumerate(cases)}
+    rows = sorted(rows + [summary_row(report, all_paths[cid]["mask_path"]) for cid, report in done.items()],
+                  key=lambda row: order[row["case_id"]])
     if len(cases) > 1 or not gc_layout:
-        write_summary_csv(rows, out / (f"summary_{args.shard.replace('/', 'of')}.csv" if args.shard
+        write_summary_csv(rows, out / (f"summary_{shard_spec.replace('/', 'of')}.csv" if shard_spec
                                        else "summary.csv"))
     elapsed = time.perf_counter() - t_start
-    log.info("%d case(s) in %.1f s: %d ok, %d failed", len(cases), elapsed, len(cases) - len(failures),
-             len(failures))
+    log.info("%d case(s) in %.1f s: %d ok, %d failed%s", len(cases), elapsed, len(cases) - len(failures),
+             len(failures), f" ({len(done)} skipped: already done)" if args.resume else "")
     for case_id, message in failures:
         log.error("failed: %s: %s", case_id, message)
     return 1 if failures else 0
+
+
+def _finished_cases(cases: list[Case], all_paths: dict[str, dict], manifest_sha256: str) -> dict[str, dict]:
+    """--continue: the reports of cases whose outputs are all complete (by this model); those cases are skipped."""
+    done = {}
+    for case in cases:
+        report = completed_report(all_paths[case.case_id], manifest_sha256)
+        if report is not None:
+            done[case.case_id] = report
+    log.info("--continue: skipping %d of %d case(s) already done in this output folder", len(done), len(cases))
+    return done
 
 
 def _one_line(exc: BaseException) -> str:
@@ -163,15 +186,20 @@ def _one_line(exc: BaseException) -> str:
 
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment HIE lesions in one or many cases",
-                       description="Segment every case under INPUT (Grand Challenge or BONBID layout) into OUTPUT, "
-                                   "or one explicit --adc/--zadc pair.")
-    p.add_argument("paths", nargs="+", metavar="INPUT OUTPUT", help="input folder and output folder")
+                       description="Segment every case under INPUT (Grand Challenge or BONBID layout, or a CSV "
+                                   "list case_id,adc,zadc) into OUTPUT, or one explicit --adc/--zadc pair.")
+    p.add_argument("paths", nargs="+", metavar="INPUT OUTPUT",
+                   help="input folder (or CSV case list) and output folder")
     p.add_argument("--adc", type=Path, help="explicit skull-stripped ADC map (with --zadc)")
     p.add_argument("--zadc", type=Path, help="explicit Z-ADC map (with --adc)")
     p.add_argument("--format", choices=("mha", "nii.gz"), default="mha", help="mask file format (default mha)")
     p.add_argument("--save-prob", action="store_true", help="also write the fused probability map")
     p.add_argument("--qc", action="store_true", help="also write a PNG montage of the predicted lesions")
-    p.add_argument("--shard", metavar="K/N", help="process only shard K of N (1-based), for array jobs")
+    p.add_argument("--shard", metavar="K/N|auto",
+                   help="process only shard K of N (1-based), for array jobs; auto: from SLURM_ARRAY_TASK_ID "
+                        "and SLURM_ARRAY_TASK_COUNT")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases whose mask and report in OUTPUT are complete (resume an interrupted run)")
     _add_model_options(p)
     p.set_defaults(func=run_predict)
 
@@ -212,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         baseline.register(sub)
     except ImportError as exc:  # pragma: no cover - only when the module itself is missing
         log.debug("evaluation commands unavailable: %s", exc)
+    from . import merge
+
+    merge.register(sub)
     add_make_sample_parser(sub)
     return parser
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import preprocess
 from .inferers import predict_volume, with_flips
+from .devices import parse_device
 from .manifest import Manifest, Member
 from .sessions import CPU, CUDA, create_session, default_threads, is_out_of_memory
 
@@ -73,10 +74,11 @@ class LoadedMember:
     member: Member
     session: Any
     provider: str
+    device_id: int = 0  # the GPU of 'cuda:N'
 
     def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         if self.provider == CUDA:
-            return bound_runner(self.session, self.member.name, "cuda")
+            return bound_runner(self.session, self.member.name, "cuda", self.device_id)
         return plain_runner(self.session, self.member.name)
 
 
@@ -87,7 +89,7 @@ def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: 
     threads = threads or default_threads(len(manifest.members))
     for member in manifest.members:
         session, provider = create_session(member.path, member.sha256, device, gpu_mem_limit_bytes, threads)
-        loaded.append(LoadedMember(member, session, provider))
+        loaded.append(LoadedMember(member, session, provider, parse_device(device)[1]))
     providers = sorted({m.provider for m in loaded})
     if device == "auto" and providers == [CPU]:
         log.warning("running on CPU (CPUExecutionProvider): no usable CUDA GPU found")

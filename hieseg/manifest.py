@@ -21,7 +21,8 @@ Schema (version 1), ``model/manifest.json``::
       ],
       "fusion": {"threshold": 0.4, "min_component_mm3": 10.0,
                  "empty_case": {"max_probability_below": 0.0, "min_lesion_mm3": 0.0}},
-      "provenance": {...free-form: training commit, data, cross-validation scores...}
+      "provenance": {...free-form: training commit, data, cross-validation scores...},
+      "license": "...", "intended_use": "...", "references": [...]   # optional: shown in reports and the model card
     }
 
 Networks take float32 (N, C, [z,] y, x) named by their single input and return lesion probabilities
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,12 @@ from .errors import ModelError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GRAND_CHALLENGE_MODEL_DIR = Path("/opt/ml/model")
-BUNDLED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+MODEL_DIR_ENV = "HIESEG_MODEL_DIR"
+# The shipped model: inside the package in an installed wheel (pyproject maps model/ to hieseg/model at build
+# time), else the checkout's (and the container's) top-level model/ beside the package.
+PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "model"
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
+BUNDLED_MODEL_DIR = PACKAGED_MODEL_DIR if (PACKAGED_MODEL_DIR / "manifest.json").is_file() else CHECKOUT_MODEL_DIR
 
 _TRANSFORM_KEYS = {"clip_scale": {"low", "high"}, "zscore": {"mean", "std"}, "below": {"threshold"}}
 
@@ -79,10 +86,16 @@ class Manifest:
     fusion: Fusion
     provenance: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    license: str | None = None
+    intended_use: str | None = None
+    references: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "manifest_sha256": self.sha256,
-                "members": [m.name for m in self.members]}
+        summary = {"name": self.name, "version": self.version, "manifest_sha256": self.sha256,
+                   "members": [m.name for m in self.members]}
+        if self.license:
+            summary["license"] = self.license
+        return summary
 
 
 def sha256_file(path: Path) -> str:
@@ -94,10 +107,12 @@ def sha256_file(path: Path) -> str:
 
 
 def resolve_model_dir(explicit: str | Path | None = None) -> Path:
-    """The model folder: an explicit one, else Grand Challenge's /opt/ml/model when it holds a manifest,
-    else the model/ folder shipped with the code."""
+    """The model folder, first of: ``explicit`` (``--model``), ``$HIESEG_MODEL_DIR``, Grand Challenge's
+    /opt/ml/model when it holds a manifest (the model tarball), the model shipped with the code."""
     if explicit is not None:
         return Path(explicit)
+    if os.environ.get(MODEL_DIR_ENV):
+        return Path(os.environ[MODEL_DIR_ENV])
     if (GRAND_CHALLENGE_MODEL_DIR / MANIFEST_NAME).is_file():
         return GRAND_CHALLENGE_MODEL_DIR
     return BUNDLED_MODEL_DIR
@@ -163,7 +178,33 @@ def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = No
         fusion=Fusion(float(fusion["threshold"]), float(fusion.get("min_component_mm3", 0.0)),
                       float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0))),
         provenance=raw.get("provenance", {}),
+        **_optional_text_fields(raw, where),
     )
+
+
+def _optional_text_fields(raw: dict[str, Any], where: Path) -> dict[str, Any]:
+    """``license`` and ``intended_use`` (strings) and ``references`` (a list of strings), each optional."""
+    out: dict[str, Any] = {}
+    for key in ("license", "intended_use"):
+        if raw.get(key) is not None:
+            _require(isinstance(raw[key], str) and raw[key].strip() != "", where, f"{key} must be a non-empty string")
+            out[key] = raw[key]
+    refs = raw.get("references")
+    if refs is not None:
+        _require(isinstance(refs, list) and all(isinstance(r, str) and r.strip() for r in refs), where,
+                 "references must be a list of non-empty strings")
+        out["references"] = tuple(refs)
+    return out
+
+
+def _where_models_come_from(explicit: str | Path | None) -> str:
+    """Which rule picked the folder, so that a missing model says how to give one."""
+    if explicit is not None:
+        return "from --model"
+    if os.environ.get(MODEL_DIR_ENV):
+        return f"from ${MODEL_DIR_ENV}"
+    return (f"no model is bundled here: give --model DIR, set ${MODEL_DIR_ENV}, or mount a model at "
+            f"{GRAND_CHALLENGE_MODEL_DIR}")
 
 
 def load_manifest(model_dir: str | Path | None = None, verify: bool = True) -> Manifest:
@@ -171,7 +212,7 @@ def load_manifest(model_dir: str | Path | None = None, verify: bool = True) -> M
     directory = resolve_model_dir(model_dir)
     where = directory / MANIFEST_NAME
     if not where.is_file():
-        raise ModelError(f"{where}: model manifest not found")
+        raise ModelError(f"{where}: model manifest not found ({_where_models_come_from(model_dir)})")
     try:
         raw = json.loads(where.read_text())
     except (OSError, json.JSONDecodeError) as exc:

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .cases import GC_ADC_DIR, GC_ZADC_DIR
+from .gc_interface import GC_ADC_DIR, GC_ZADC_DIR
 from .io import Geometry, write_image
 
 SAMPLE_NAME = "hieseg-sample-phantom.mha"

@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .devices import DEVICE_KINDS, parse_device
 from .errors import DeviceError, ModelError
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = DEVICE_KINDS  # plus 'cuda:N' (see devices.parse_device)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
@@ -128,8 +129,7 @@ def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None) -> 
     """The provider list to ask ONNX Runtime for; raises DeviceError when ``cuda`` cannot possibly run."""
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise DeviceError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    device, device_id = parse_device(device)  # 'cuda:N' picks GPU N
     if device == "cpu":
         return [CPU]
     if CUDA not in ort.get_available_providers():
@@ -144,7 +144,7 @@ def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None) -> 
             raise DeviceError("--device cuda: no NVIDIA driver found (libcuda.so.1 is not loadable); "
                               "in a container, run with --gpus all, or use --device cpu")
         return [CPU]
-    return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes)), CPU]
+    return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes, device_id)), CPU]
 
 
 def read_verified(path: Path, sha256: str) -> bytes:
@@ -173,6 +173,7 @@ def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_
     import onnxruntime as ort
 
     providers = requested_providers(device, gpu_mem_limit_bytes)
+    device = parse_device(device)[0]  # 'cuda:N' is 'cuda' for the checks below
     data = read_verified(path, sha256)
     try:
         session = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)

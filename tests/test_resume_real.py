@@ -1,0 +1,88 @@
+"""An interrupted 16-case run on real BONBID-HIE cases, killed mid-way and resumed with --continue, gives masks
+voxel-identical to an uninterrupted run (and a complete summary).
+
+Slow: about 16 x 5 s twice on 2 CPU cores with the shipped ensemble.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from hieseg.cases import find_cases
+from hieseg.cli import main
+from hieseg.io import Geometry
+from hieseg.manifest import BUNDLED_MODEL_DIR
+from realdata import real_cases_dir
+
+REPO = Path(__file__).resolve().parents[1]
+N_CASES = 16
+
+
+def _finished(out: Path) -> int:
+    """Cases whose final report (the one with the timings, written after the mask) is there."""
+    count = 0
+    for path in (out / "reports").glob("*.json"):
+        try:
+            count += "seconds" in json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    return count
+
+
+@pytest.mark.slow
+def test_killed_run_resumed_with_continue_is_voxel_identical(tmp_path, toy_model, capsys):
+    cases = find_cases(real_cases_dir())[:N_CASES]
+    case_list = tmp_path / "cases.csv"
+    with case_list.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case_id", "adc", "zadc"])
+        writer.writerows([c.case_id, c.adc, c.zadc] for c in cases)
+    model = BUNDLED_MODEL_DIR if (BUNDLED_MODEL_DIR / "manifest.json").is_file() else toy_model
+
+    # interrupted: SIGKILL (no chance to clean up) once a few cases are done, mid-way through the list
+    resumed = tmp_path / "resumed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "hieseg", "predict", str(case_list), str(resumed), "--model",
+                             str(model), "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 900
+    while _finished(resumed) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # land inside a later case, whatever stage it is at
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    done_before = _finished(resumed)
+    print(f"\nkilled the run after {done_before} of {N_CASES} finished cases", flush=True)
+    assert 0 < done_before < N_CASES, done_before
+    assert not (resumed / "summary.csv").exists()  # the killed run never got to its summary
+
+    capsys.readouterr()
+    assert main(["predict", str(case_list), str(resumed), "--model", str(model), "--continue"]) == 0
+    err = capsys.readouterr().err
+    assert f"--continue: skipping {done_before} of {N_CASES} case(s) already done" in err
+
+    whole = tmp_path / "whole"
+    assert main(["predict", str(case_list), str(whole), "--model", str(model), "-q"]) == 0
+
+    for case in cases:
+        a = sitk.ReadImage(str(whole / f"{case.case_id}_lesion.mha"))
+        b = sitk.ReadImage(str(resumed / f"{case.case_id}_lesion.mha"))
+        assert Geometry.of(a) == Geometry.of(b) == Geometry.of(sitk.ReadImage(str(case.adc))), case.case_id
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b),
+                                      err_msg=case.case_id)
+    rows = list(csv.DictReader((resumed / "summary.csv").open()))
+    assert [r["case_id"] for r in rows] == [c.case_id for c in cases]
+    assert {r["status"] for r in rows} == {"ok"}
+    leftovers = [p.name for p in resumed.rglob(".*") if p.is_file()]  # temporaries of the killed writes
+    print(f"killed after {done_before} of {N_CASES} cases; resumed; leftover temporaries: {leftovers}")
