@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="append", metavar="WORKDIR",
                    help="tune: OOF predictions of another workdir compete as other variants of the same members "
                         "(e.g. training/runs/cv, whose networks are the exported ones in the model folder)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="export: allow uncommitted changes under training/ or hieseg/ (recorded in the manifest)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

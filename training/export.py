@@ -165,6 +165,10 @@ def export_all(run, tuning: dict, log=print) -> dict:
         if missing:
             raise SystemExit(f"--ship-folds {missing}: not finished")
         folds = sorted(ship)
+    from .model_card import DATA_PAPER, DEFAULT_INTENDED_USE, DEFAULT_LICENSE
+    from .provenance import check_clean_tree
+
+    tree = check_clean_tree(getattr(run.args, "allow_dirty", False) or run.quick)
     fusion = tuning["fusion"]
     model_dir: Path = run.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -226,6 +230,9 @@ def export_all(run, tuning: dict, log=print) -> dict:
         "schema_version": 1,
         "name": "hieseg-bonbid",
         "version": ("quick" if run.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
+        "license": DEFAULT_LICENSE,
+        "intended_use": DEFAULT_INTENDED_USE,
+        "references": [DATA_PAPER],
         "preprocessing": {"crop_margin_mm": CROP_MARGIN_MM},
         "members": members,
         "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
@@ -237,7 +244,8 @@ def export_all(run, tuning: dict, log=print) -> dict:
             "training": {**git_commit(), "command": _training_command(run), "loss": run.args.loss,
                          "intensity": run.args.intensity, "torch": torch.__version__, "members": trained,
                          "previous_training": previous["training"] if reused else None},
-            "manifest_written": {**git_commit(), "command": " ".join(["python -m training", *sys.argv[1:]]),
+            "manifest_written": {**git_commit(), "tree": tree,
+                                 "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
                                  "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
             "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),

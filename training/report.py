@@ -197,6 +197,14 @@ def write_report(run, log=print) -> None:
         text = "# Training results\n\n" + begin + "\n" + generated + "\n" + end + "\n"
     results.write_text(text)
     log(f"  wrote {results} and {png}")
+    mf = run.model_dir / "manifest.json"
+    if not run.quick and mf.is_file():
+        from hieseg.manifest import sha256_file
+
+        from .model_card import write_model_card
+
+        write_model_card(json.loads(mf.read_text()), tuning, REPO / "MODEL_CARD.md", sha256_file(mf))
+        log(f"  wrote {REPO / 'MODEL_CARD.md'}")
     readme = REPO / "README.md"
     if tuning is not None and not run.quick and README_BEGIN in readme.read_text():
         readme.write_text(_replace_block(readme.read_text(), README_BEGIN, README_END, readme_accuracy(tuning)))
