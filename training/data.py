@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from dataclasses import dataclass
@@ -10,20 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hieseg.manifest import sha256_file
+
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
 CACHE = REPO / ".cache" / "data"
 DATA_ROOT_NAME = "BONBID2023_Train"
 SPLITS = Path(__file__).resolve().parent / "splits.json"
 STRATA = ("empty", "<1%", "1-5%", ">5%")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def ensure_data(tarball: Path = TARBALL, cache: Path = CACHE, verify: bool = True) -> Path:
@@ -41,10 +34,10 @@ def ensure_data(tarball: Path = TARBALL, cache: Path = CACHE, verify: bool = Tru
             tar.extractall(cache, filter="data")
         marker.unlink(missing_ok=True)
     if verify and sums and not marker.is_file():
-        bad = [rel for digest, rel in sums if _sha256(cache / rel.strip()) != digest]
+        bad = [rel for digest, rel in sums if sha256_file(cache / rel.strip()) != digest]
         if bad:
             raise RuntimeError(f"{len(bad)} extracted files differ from SHA256SUMS, e.g. {bad[0]}")
-        marker.write_text(_sha256(sums_file) + "\n")
+        marker.write_text(sha256_file(sums_file) + "\n")
     return root
 
 

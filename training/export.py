@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from hieseg.manifest import sha256_file
 
 from . import config
 from .config import CROP_MARGIN_MM, TTA_FLIPS
@@ -105,14 +106,6 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty_training": bool(git("status", "--porcelain", "training"))}
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for b in iter(lambda: fh.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
-
-
 def _round(obj, nd=4):
     if isinstance(obj, float):
         if obj != obj:
@@ -192,11 +185,11 @@ def export_all(run, tuning: dict, log=print) -> dict:
                 sample = run.samples(name, [run.folds[k][0]])[0]
                 diff = parity(net, model_dir / fname, sample.image, spec)
                 parities[fname] = diff
-                checkpoints[fname] = _sha(ckpt)
+                checkpoints[fname] = sha256_file(ckpt)
                 log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id} ({pool_name})")
                 if diff > PARITY_TOL:
                     raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
-            elif fname in previous["sha256"] and _sha(model_dir / fname) == previous["sha256"][fname]:
+            elif fname in previous["sha256"] and sha256_file(model_dir / fname) == previous["sha256"][fname]:
                 # checkpoint gone (e.g. a new machine): keep the network exported from it, bytes verified
                 parities[fname] = previous["parity"].get(fname)
                 checkpoints[fname] = previous["checkpoints"].get(fname)
@@ -205,7 +198,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
             else:
                 raise SystemExit(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
             members.append({
-                "name": f"{name}_f{k}", "file": fname, "sha256": _sha(model_dir / fname), "kind": spec["kind"],
+                "name": f"{name}_f{k}", "file": fname, "sha256": sha256_file(model_dir / fname), "kind": spec["kind"],
                 "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
                 "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
                 "batch_size": spec["infer_batch"], "tta_flips": fusion["tta_flips"][pool_name],
@@ -248,7 +241,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
                                  "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
                                  "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
-            "data": {"tarball": TARBALL.name, "tarball_sha256": _sha(TARBALL), "n_cases": len(run.cases),
+            "data": {"tarball": TARBALL.name, "tarball_sha256": sha256_file(TARBALL), "n_cases": len(run.cases),
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {
