@@ -245,12 +245,13 @@ def export_all(run, tuning: dict, log=print) -> dict:
                      "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {
-                "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). nested: "
+                "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). ensemble: nested, "
                         "every choice (member variants, TTA, weights, threshold, component and empty rules) made "
-                        "on the other folds before each fold is scored -- the honest estimate; in_sample: the "
+                        "on the other folds before each fold is scored -- the honest estimate (with a single fold, "
+                        "in-sample); in_sample_optimistic: the "
                         "shipped choice scored on the cases it was chosen on (optimistic). OOF uses one fold "
                         "network per case; the shipped model averages all folds' networks",
-                "nested": scores["nested"], "baseline_zadc_below_-2": scores["baseline"],
+                "ensemble": scores["nested"] or scores["in_sample"], "baseline_zadc_below_-2": scores["baseline"],
                 "in_sample_optimistic": scores["in_sample"], "selection_rule": tuning.get("selection_rule"),
                 "nested_by_member_set": tuning.get("nested_by_member_set")},
             "fusion_tuning": {k: fusion[k] for k in ("weights", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain")

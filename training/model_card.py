@@ -77,11 +77,6 @@ def score_tables(scores: dict[str, Any]) -> list[str]:
 
 
 def _scores(manifest: dict[str, Any], tuning: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
-    sc = (tuning or {}).get("scores") or {}
-    if sc.get("nested"):  # the tuning's own layout: nested first (the honest figure), the rule, in-sample last
-        return ({"ensemble": sc["nested"], "Z-ADC < -2 rule": sc["baseline"],
-                 "ensemble, in-sample (optimistic)": sc["in_sample"]},
-                "nested cross-validation: every fusion/ensembling choice made on the other folds")
     if tuning and tuning.get("scores"):
         return tuning["scores"], "the tuning record"
     cv = (manifest.get("provenance") or {}).get("cv_scores") or {}

@@ -203,7 +203,8 @@ def write_report(run, log=print) -> None:
 
         from .model_card import write_model_card
 
-        write_model_card(json.loads(mf.read_text()), tuning, REPO / "MODEL_CARD.md", sha256_file(mf))
+        # from the manifest alone, so that the committed card is checkable against the committed manifest
+        write_model_card(json.loads(mf.read_text()), None, REPO / "MODEL_CARD.md", sha256_file(mf))
         log(f"  wrote {REPO / 'MODEL_CARD.md'}")
     readme = REPO / "README.md"
     if tuning is not None and not run.quick and README_BEGIN in readme.read_text():
