@@ -7,8 +7,6 @@ conventions so that it can be put back on an image unchanged.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
+from .errors import InputError
+from .writer import write_bytes_atomic, write_image_atomic
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".mha", ".nii")
 
@@ -132,41 +131,16 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
     return array, Geometry.of(image)
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary path in the destination folder, so that the final rename is atomic."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (image_suffix(path) or ""),
-                                   dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"{path.parent}: cannot write output here ({exc.strerror or exc})") from None
-    os.close(fd)
-    return Path(tmp)
-
-
-def _commit(tmp: Path, path: Path) -> None:
-    try:
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
+def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) array with exactly ``geometry``."""
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
+    return geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> Path:
-    """Write a (z, y, x) array with ``geometry`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    if tuple(array.shape) != geometry.shape_zyx:
-        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
-    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    tmp = _atomic_target(path)
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
-    except RuntimeError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write image ({str(exc).strip().splitlines()[-1]})") from None
-    _commit(tmp, path)
-    return path
+    """Write a (z, y, x) array with ``geometry`` atomically, synced and verified (see hieseg.writer)."""
+    return write_image_atomic(image_from_array(array, geometry), path, compress)
 
 
 def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> Path:
@@ -175,20 +149,16 @@ def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, compress:
 
 
 def write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(text)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    _commit(tmp, path)
-    return path
+    """Write a text file atomically, synced and verified."""
+    return write_bytes_atomic(text.encode(), path)
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    return write_text(json.dumps(data, indent=2, default=_json_default) + "\n", path)
+    return write_bytes_atomic(json_bytes(data), path)
 
 
 def _json_default(value: Any) -> Any:
