@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .imagecheck import explain, precheck, too_many_voxels
 from .writer import write_bytes_atomic, write_image_atomic
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".mha", ".nii")
@@ -115,20 +116,37 @@ def read_image(path: str | Path) -> tuple[np.ndarray, Geometry]:
         raise InputError(path, "file not found")
     if image_suffix(path) is None:
         raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Exception")), "")
-        raise InputError(path, f"cannot read image ({first or 'unreadable or corrupt file'})") from None
+    problem = precheck(path)  # empty, header-only, truncated, missing data file: before ITK reads anything
+    if problem:
+        raise InputError(path, f"cannot read image: {problem}")
+    image = _read_with_itk(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
     if image.GetDimension() != 3:
         raise InputError(path, f"expected a 3D image, got {image.GetDimension()}D of size {image.GetSize()}")
     try:
         array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    except RuntimeError:
-        raise InputError(path, "cannot read pixel data (truncated or corrupt file)") from None
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read image: {explain(path, exc)}") from None
     return array, Geometry.of(image)
+
+
+def _read_with_itk(path: Path) -> sitk.Image:
+    """The image, its header checked first (voxel limit); failures explained in words (hieseg.imagecheck)."""
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings name its source files; our errors say why
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        problem = too_many_voxels(reader.GetSize(), reader.GetNumberOfComponents())
+        if problem:
+            raise InputError(path, f"cannot read image: {problem}")
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read image: {explain(path, exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
 
 def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
