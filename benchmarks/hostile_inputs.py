@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def build(work: Path) -> dict[str, dict]:
     gc("baseline_real_case")
     gc("disk_full_0_bytes_free", tmpfs_fill=256)
     gc("disk_full_4k_free", tmpfs_fill=255)
+    for fill, label in ((256, "0_bytes_free"), (255, "4k_free")):  # the reproduction: the bundled sample
+        rows[f"disk_full_{label}_sample"] = {"input": REPO / "test" / "input", "mode": "gc", "tmpfs_fill": fill}
     if not (work / "huge_512x512x300_0.5mm" / "in").exists():
         gc("huge_512x512x300_0.5mm", huge(adc), huge(zadc))
     rows["huge_512x512x300_0.5mm"] = {"input": work / "huge_512x512x300_0.5mm" / "in", "mode": "gc"}
@@ -176,12 +179,13 @@ def run_row(name: str, row: dict, code: Path, python: str, work: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code))
     t0 = time.perf_counter()
     cmd = ["/usr/bin/time", "-f", "MAXRSS_KB=%M"] + cmd  # peak RSS of this run alone
-    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=row.get("timeout", 150))
         timed_out = False
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # time(1) and the run under it
         stdout, stderr = proc.communicate()
         timed_out = True
     wall = time.perf_counter() - t0
