@@ -135,8 +135,13 @@ def build(work: Path) -> dict[str, dict]:
     rows["skipped_files_bonbid"] = {"input": bonbid, "mode": "predict"}
 
     gc("leftover_temp_in_output", pre_output={"images/hie-lesion-segmentation/.overlay.mha.k2j4h5g6.tmp.mha": b"x"})
-    gc("reports_symlink_out_of_output", mode="predict", reports_symlink=True)
-    gc("reports_is_a_file", mode="predict", pre_output={"reports": b"not a folder"})
+    one = work / "bonbid_one_case"
+    if not one.exists():
+        for sub, src in (("1ADC_ss", adc_path), ("2Z_ADC", zadc_path)):
+            (one / sub).mkdir(parents=True)
+            shutil.copy(src, one / sub / src.name)
+    rows["reports_symlink_out_of_output"] = {"input": one, "mode": "predict", "reports_symlink": True}
+    rows["reports_is_a_file"] = {"input": one, "mode": "predict", "pre_output": {"reports": b"not a folder"}}
     return rows
 
 
@@ -199,9 +204,42 @@ def run_row(name: str, row: dict, code: Path, python: str, work: Path) -> dict:
               "model_loaded": any("members loaded" in ln for ln in lines),
               "files_left": _files(out), "elsewhere": _files(base / "elsewhere") if row.get("reports_symlink") else None,
               "stdout": stdout.strip().splitlines()[-1:] if stdout.strip() else []}
+    reports = sorted(out.glob("hieseg-report.json")) + sorted(out.glob("reports/*.json"))
+    if reports:
+        report = json.loads(reports[0].read_text())
+        result["lesion_ml"] = report.get("lesion_volume_ml")
+        result["domain"] = report.get("domain")
     if mounted is not None:
         subprocess.run(["umount", str(mounted)], check=False)
     return result
+
+
+def _outcome(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    if "skipped" in r:
+        return "skipped: " + r["skipped"]
+    parts = [f"exit {r['exit']}", f"{r['seconds']} s", f"{r['max_rss_gib']} GiB"]
+    if r.get("lesion_ml") is not None:
+        parts.append(f"lesion {r['lesion_ml']} mL")
+    if r["errors"]:
+        parts.append("error: " + r["errors"][-1].split(" ERROR ", 1)[-1].strip()[:200])
+    if r["warnings"]:
+        parts.append(f"{len(r['warnings'])} warning(s): " + r["warnings"][0].split(" WARNING ", 1)[-1].strip()[:160])
+    parts.append("model loaded" if r.get("model_loaded") else "model not loaded")
+    parts.append("left: " + (", ".join(f.split("/")[-1] for f in r["files_left"]) or "nothing"))
+    if r.get("elsewhere"):
+        parts.append("written through link: " + ", ".join(r["elsewhere"]))
+    return "; ".join(parts).replace("|", "/")
+
+
+def compare(before: list[dict], after: list[dict]) -> str:
+    """A markdown table of two runs of the matrix, row by row."""
+    b, a = {r["name"]: r for r in before}, {r["name"]: r for r in after}
+    lines = ["| case | before | after |", "|---|---|---|"]
+    for name in dict.fromkeys([*b, *a]):
+        lines.append(f"| {name} | {_outcome(b.get(name))} | {_outcome(a.get(name))} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -210,7 +248,13 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--only", default="", help="comma-separated row names")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="JSON",
+                        help="print a before/after table of earlier --json files (BEFORE... AFTER) and exit")
     args = parser.parse_args()
+    if args.compare:
+        runs = [json.loads(p.read_text()) for p in args.compare]
+        print(compare([r for run in runs[:-1] for r in run], runs[-1]))
+        return
     rows = build(WORK)
     names = [n for n in rows if not args.only or n in args.only.split(",")]
     results = []

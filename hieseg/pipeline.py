@@ -62,15 +62,25 @@ class Segmenter:
         spacing on out-of-domain axes; implausible intensities raise InputError.
         """
         timings = {} if timings is None else timings
+        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
+        return self.mask_from_probability(prob, adc, geometry, timings), prob
+
+    def fused_probability(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
+                          timings: dict[str, float] | None = None,
+                          guard: domain.DomainCheck | None = None) -> np.ndarray:
         spacing = geometry.spacing_zyx
         if guard is None:
             guard = domain.check_case(adc, zadc, spacing, self.manifest.domain)
         crop = preprocess.crop_to_brain(adc, spacing, self.manifest.crop_margin_mm)
-        prob = run_ensemble(self.members, adc, zadc, spacing, crop, timings, guard.run_spacing_zyx)
+        return run_ensemble(self.members, adc, zadc, spacing, crop, timings, guard.run_spacing_zyx)
+
+    def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry,
+                              timings: dict[str, float] | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        mask = postprocess(prob, preprocess.brain_mask(adc), spacing, self.manifest.fusion).astype(np.uint8)
-        timings["postprocess"] = time.perf_counter() - t0
-        return mask, prob
+        mask = postprocess(prob, preprocess.brain_mask(adc), geometry.spacing_zyx, self.manifest.fusion)
+        if timings is not None:
+            timings["postprocess"] = time.perf_counter() - t0
+        return mask.astype(np.uint8)
 
     def segment_case(self, case: Case) -> CaseResult:
         timings: dict[str, float] = {}
@@ -83,8 +93,9 @@ class Segmenter:
         domain.log_check(case.case_id, guard)
         t2 = time.perf_counter()
         timings.update(read=t1 - t0, validate=t2 - t1)
-        mask, prob = self.segment(adc, zadc, geometry, timings, guard)
-        del zadc  # not needed past the ensemble: on a large grid this is a full-size float32 array
+        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
+        del zadc  # a full-size float32 array the postprocessing does not need: it bounds the peak on large grids
+        mask = self.mask_from_probability(prob, adc, geometry, timings)
         result = CaseResult(case, mask, prob, geometry, adc, timings, domain=guard)
         t3 = time.perf_counter()
         result.report = self.case_report(result)
