@@ -64,8 +64,9 @@ def skip_reason(entry: Path) -> tuple[str, bool] | None:
     return None
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Supported image files directly in ``folder``, sorted; every other entry is logged once with the reason."""
+def image_files(folder: Path, log_skipped: bool = True) -> list[Path]:
+    """Supported image files directly in ``folder``, sorted; every other entry is logged once with the reason
+    (unless ``log_skipped`` is false: e.g. a predictions folder, whose reports/ and summary.csv are expected)."""
     if not folder.is_dir():
         return []
     found = []
@@ -75,7 +76,7 @@ def image_files(folder: Path) -> list[Path]:
             found.append(entry)
             continue
         reason, warn = skipped
-        if (str(entry), reason) not in _logged:
+        if log_skipped and (str(entry), reason) not in _logged:
             _logged.add((str(entry), reason))
             log.log(logging.WARNING if warn else logging.INFO, "skipped %s: %s", entry, reason)
     return found

@@ -182,6 +182,33 @@ def test_a_thin_slice_volume_runs_at_the_nearest_in_domain_spacing(tmp_path, toy
     assert 2 * (truth & pred).sum() / (truth.sum() + pred.sum()) > 0.7
 
 
+def _model_with_domain(toy_model: Path, folder: Path, domain) -> Path:
+    shutil.copytree(toy_model, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["domain"] = domain
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_the_manifest_domain_is_the_one_applied(tmp_path, toy_model, sample_input, capsys):
+    from hieseg.domain import DEFAULT_DOMAIN
+
+    narrow = json.loads(json.dumps(DEFAULT_DOMAIN))
+    narrow["spacing_zyx_mm"]["min"][0] = 5.0  # the sample's 4.5 mm slices are now too thin
+    model = _model_with_domain(toy_model, tmp_path / "model", narrow)
+    code, errors, warnings, err = run_gc(sample_input, tmp_path / "o", model, capsys)
+    assert code == 0, err
+    domain = json.loads((tmp_path / "o/hieseg-report.json").read_text())["domain"]
+    assert domain["training_domain"] == "manifest" and domain["run_spacing_zyx"] == [5.0, None, None]
+    assert len(warnings) == 1 and "spacing z 4.5 mm outside the training range 5-6 mm" in warnings[0]
+
+
+def test_a_malformed_manifest_domain_is_a_model_error(tmp_path, toy_model, sample_input, capsys):
+    model = _model_with_domain(toy_model, tmp_path / "model", {"spacing_zyx_mm": {"min": [1, 1]}})
+    code, errors, _, err = run_gc(sample_input, tmp_path / "o", model, capsys)
+    assert code == 1 and len(errors) == 1 and "manifest.json: domain: malformed" in errors[0], err
+
+
 def test_more_than_1e9_voxels_is_refused_from_the_header(tmp_path, toy_model, capsys):
     case = write_gc_case(tmp_path / "in")
     header = (b"ObjectType = Image\nNDims = 3\nBinaryData = True\nCompressedData = False\n"
