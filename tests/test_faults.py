@@ -254,6 +254,17 @@ def test_an_integer_zadc_runs_with_a_warning(tmp_path, toy_model, capsys):
     assert any("whole numbers" in n for n in report["domain"]["out_of_range"])
 
 
+def test_the_default_domain_is_the_training_cases_domain():
+    """hieseg.domain.DEFAULT_DOMAIN is training.domain.training_domain's output on the 40 cases, not typed by hand."""
+    from realdata import real_cases_dir
+
+    from hieseg.domain import DEFAULT_DOMAIN
+    from training.data import load_cases
+    from training.domain import training_domain
+
+    assert training_domain(load_cases(real_cases_dir()).values()) == DEFAULT_DOMAIN
+
+
 def test_real_cases_are_in_the_default_domain(toy_model_3d, tmp_path, capsys):
     """The default domain is computed from the training cases: none of them may trigger the guard."""
     from realdata import real_cases_dir
