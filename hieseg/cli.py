@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import time
@@ -16,7 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .cases import GC_OUTPUT, Case, find_cases, is_grand_challenge, pair_case, shard
-from .errors import HiesegError, InputError, OutputError
+from .errors import HiesegError, InputError
 from .progress import progress
 from .report import write_summary_csv
 from .sessions import DEVICES
