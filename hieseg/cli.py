@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import __version__
 from .cases import GC_OUTPUT, Case, find_cases, is_grand_challenge, pair_case, shard
-from .errors import HiesegError, InputError
+from .errors import HiesegError, InputError, OutputError
 from .progress import progress
 from .report import write_summary_csv
 from .sessions import DEVICES
@@ -124,6 +124,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             result = segmenter.segment_case(case)
             report = write_case_outputs(result, **paths)
+        except OutputError:
+            raise  # the output location failed (a full disk, a quota): the remaining cases cannot be written either
         except (HiesegError, MemoryError, OSError) as exc:
             message = _one_line(exc)
             log.error("%s: %s", case.case_id, message)

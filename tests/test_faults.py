@@ -100,6 +100,24 @@ def test_a_case_is_committed_whole_or_not_at_all(tmp_path, toy_model, sample_inp
     assert left == ["filler"], left
 
 
+def test_a_disk_filling_up_mid_run_stops_it_with_one_line_and_whole_cases_only(tmp_path, toy_model, capsys):
+    """Room for the pre-flight test write but not for every case: the run stops at the first case that does not
+    fit (the others could not be written either), and every case on disk is complete."""
+    root = tmp_path / "in"
+    for n in (1, 2, 3, 4):
+        write_bonbid_case(root, n)
+    with small_tmpfs(tmp_path / "mnt", 225) as mnt:  # 124 KB free: room for the test write and two cases, not four
+        code = main(["predict", str(root), str(mnt / "o"), "--model", str(toy_model), "--save-prob"])
+        errors, _, err = _log(capsys)
+        masks = sorted(p.name for p in (mnt / "o").glob("*.mha"))
+        reports = sorted((mnt / "o" / "reports").glob("*.json")) if (mnt / "o" / "reports").is_dir() else []
+        probs = sorted((mnt / "o" / "probabilities").glob("*.mha")) if (mnt / "o" / "probabilities").is_dir() else []
+        left = temporaries(mnt)
+    assert code == 1 and len(errors) == 1 and "no space left on" in errors[0], err
+    assert 1 <= len(masks) < 4 and len(masks) == len(reports) == len(probs), (masks, reports, probs)
+    assert left == []
+
+
 def test_an_image_that_reads_back_wrong_is_never_renamed_into_place(tmp_path, toy_model, sample_input, capsys,
                                                                      monkeypatch):
     """SimpleITK wrote a 0-byte overlay on a full disk without an error: a write that cannot be read back fails."""
