@@ -109,9 +109,9 @@ def test_a_disk_filling_up_mid_run_stops_it_with_one_line_and_whole_cases_only(t
     with small_tmpfs(tmp_path / "mnt", 225) as mnt:  # 124 KB free: room for the test write and two cases, not four
         code = main(["predict", str(root), str(mnt / "o"), "--model", str(toy_model), "--save-prob"])
         errors, _, err = _log(capsys)
-        masks = sorted(p.name for p in (mnt / "o").glob("*.mha"))
-        reports = sorted((mnt / "o" / "reports").glob("*.json")) if (mnt / "o" / "reports").is_dir() else []
-        probs = sorted((mnt / "o" / "probabilities").glob("*.mha")) if (mnt / "o" / "probabilities").is_dir() else []
+        masks = sorted(p.name for p in (mnt / "o").glob("*.mha") if not p.name.startswith("."))
+        reports = sorted(p for p in (mnt / "o" / "reports").glob("*.json") if not p.name.startswith("."))
+        probs = sorted(p for p in (mnt / "o" / "probabilities").glob("*.mha") if not p.name.startswith("."))
         left = temporaries(mnt)
     assert code == 1 and len(errors) == 1 and "no space left on" in errors[0], err
     assert 1 <= len(masks) < 4 and len(masks) == len(reports) == len(probs), (masks, reports, probs)
@@ -411,11 +411,12 @@ def test_kill_9_at_random_points_of_a_16_case_run_then_resume(tmp_path, toy_mode
     rng = random.Random(seed)
 
     def check_visible() -> None:
-        masks = {p.name: p for p in out.glob("*.mha")}
+        masks = {p.name: p for p in out.glob("*.mha") if not p.name.startswith(".")}  # temporaries aside
         for name, path in masks.items():  # a visible mask is always complete and right
             np.testing.assert_array_equal(read_image(path)[0].astype(np.uint8), expected[name],
                                           err_msg=f"{name} (seed {seed})")
-        reports = list((out / "reports").glob("*.json")) if (out / "reports").is_dir() else []
+        reports = [p for p in (out / "reports").glob("*.json") if not p.name.startswith(".")] \
+            if (out / "reports").is_dir() else []
         for report in reports:  # a visible report always has its mask
             assert Path(json.loads(report.read_text())["outputs"]["mask"]).name in masks, (report, seed)
         # the mask is renamed a moment before its report: one kill can leave at most one mask without a report
@@ -436,7 +437,7 @@ def test_kill_9_at_random_points_of_a_16_case_run_then_resume(tmp_path, toy_mode
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     check_visible()
-    assert sorted(p.name for p in out.glob("*.mha")) == sorted(expected)
+    assert sorted(p.name for p in out.glob("*.mha")) == sorted(expected)  # no temporary left either
     assert len(list((out / "reports").glob("*.json"))) == 16
     assert temporaries(out) == [], (temporaries(out), seed)
     rows = (out / "summary.csv").read_text().splitlines()[1:]
