@@ -17,7 +17,8 @@ from pathlib import Path
 from .errors import InputError
 from .gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUTS_JSON, ZADC_SOCKET,  # noqa: F401
                            read_inputs_json, socket_file)
-from .io import IMAGE_SUFFIXES, image_suffix, strip_suffix
+from .io import IMAGE_SUFFIXES, strip_suffix
+from .scan import image_files  # noqa: F401 - re-exported: cases.image_files is the public name
 
 BONBID_ADC_DIR = "1ADC_ss"
 BONBID_ZADC_DIR = "2Z_ADC"
@@ -42,13 +43,6 @@ def case_id_of(path: str | Path) -> str:
     name = Path(path).name
     match = _CASE_ID.search(name)
     return match.group(1) if match else strip_suffix(name)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Supported image files directly in ``folder``, sorted; hidden files (e.g. our temporaries) are skipped."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
 
 
 def _single(folder: Path, what: str) -> Path:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -45,15 +43,17 @@ def parse_bytes(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before any work when the output folder cannot take files."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".hieseg-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise OutputError(f"{folder}: cannot write output here ({exc.strerror or exc})") from None
+def check_writable(folder: Path, *subfolders: Path) -> None:
+    """Fail before the model loads when the output folders cannot take files (see hieseg.writer.preflight)."""
+    from .writer import preflight
+
+    preflight(folder, subfolders)
+
+
+def _output_folders(cases: Sequence[Case], out: Path, gc_layout: bool, args: argparse.Namespace) -> set[Path]:
+    """Every folder this run writes into, for the pre-flight check."""
+    return {p.parent for case in cases[:1]
+            for p in _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc).values() if p}
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +118,7 @@ def run_predict(args: argparse.Namespace) -> int:
         cases = shard(cases, shard_spec)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
-    check_writable(out)
+    check_writable(out, *_output_folders(cases, out, gc_layout, args))
     if not cases:
         log.warning("shard %s holds no cases", shard_spec)
         return 0
@@ -135,6 +135,8 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             result = segmenter.segment_case(case)
             report = write_case_outputs(result, **paths)
+        except OutputError:
+            raise  # the output location failed (a full disk, a quota): the remaining cases cannot be written either
         except (HiesegError, MemoryError, OSError) as exc:
             message = _one_line(exc)
             log.error("%s: %s", case.case_id, message)
@@ -280,10 +282,10 @@ def run_grand_challenge(args: argparse.Namespace) -> int:
     from .pipeline import Segmenter, write_case_outputs
 
     case = grand_challenge_case(args.input)
-    check_writable(args.output)
+    paths = _output_paths(case, args.output, True, "mha", False, False)
+    check_writable(args.output, *(p.parent for p in paths.values() if p))
     segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
     result = segmenter.segment_case(case)
-    paths = _output_paths(case, args.output, True, "mha", False, False)
     report = write_case_outputs(result, **paths)
     log.info("lesion %.3f mL (%s of brain, %s), %d component(s); %.2f s", report["lesion_volume_ml"],
              f"{report['lesion_percent_of_brain']:.2f}%", report["burden_class"], report["lesion_components"],

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import preprocess
+from .domain import member_spacing
 from .inferers import predict_volume, with_flips
 from .devices import parse_device
 from .manifest import Manifest, Member
@@ -118,11 +119,13 @@ def run_ensemble(
     spacing_zyx: Sequence[float],
     crop: tuple[slice, slice, slice],
     timings: dict[str, float] | None = None,
+    run_spacing_zyx: Sequence[float | None] = (None, None, None),
 ) -> np.ndarray:
     """Weighted mean of the members' probabilities, each restored to the native grid (float32, z, y, x).
 
     Members run one after another and are summed as they finish, so peak memory is one member's. Members with
     the same channels and spacing (e.g. the folds of one network) share one preprocessed input.
+    ``run_spacing_zyx`` (the domain guard's) replaces the native spacing on the axes a member takes natively.
     """
     timings = {} if timings is None else timings
     fused = np.zeros(adc.shape, dtype=np.float32)
@@ -133,12 +136,14 @@ def run_ensemble(
         t0 = time.perf_counter()
         key = prep_key(m)
         if key not in cache:
-            cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, m.target_spacing_zyx, crop)
+            target = member_spacing(m.target_spacing_zyx, run_spacing_zyx)
+            cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, target, crop)
         prepared = cache[key]
         t1 = time.perf_counter()
         prob = member_probability(loaded, prepared)
         t2 = time.perf_counter()
-        fused += (m.weight / total_weight) * preprocess.restore(prob, prepared)
+        # Added inside the crop only (restore() is zero outside it): no full-size temporaries on large grids.
+        fused[prepared.crop] += (m.weight / total_weight) * preprocess.resample_linear(prob, prepared.crop_shape)
         t3 = time.perf_counter()
         timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
         timings[f"member:{m.name}"] = t2 - t1

@@ -37,7 +37,8 @@ def _index(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise InputError(folder, f"{what} folder not found")
     by_id: dict[str, Path] = {}
-    for path in image_files(folder):
+    # a predictions folder holds reports/, summary.csv, qc/ beside the masks: not worth a line each
+    for path in image_files(folder, log_skipped=what != "prediction"):
         case_id = case_id_of(path)
         if case_id in by_id:
             raise InputError(folder, f"two {what} files for case {case_id}: {by_id[case_id].name}, {path.name}")
@@ -48,7 +49,7 @@ def _index(folder: Path, what: str) -> dict[str, Path]:
 def _resolve(folder: Path, bonbid_subdir: str) -> Path:
     """``folder`` itself, or its BONBID sub-folder (``3LABEL``, ``1ADC_ss``) when given the release root."""
     sub = folder / bonbid_subdir
-    return sub if sub.is_dir() and not image_files(folder) else folder
+    return sub if sub.is_dir() and not image_files(folder, log_skipped=False) else folder
 
 
 def pair_files(gt_dir: str | Path, pred_dir: str | Path) -> tuple[list[tuple[str, Path, Path | None]], list[Path]]:

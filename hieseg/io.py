@@ -7,8 +7,6 @@ conventions so that it can be put back on an image unchanged.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,9 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, OutputError
+from .errors import InputError
+from .imagecheck import explain, precheck, too_many_voxels
+from .writer import write_bytes_atomic, write_image_atomic
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".mha", ".nii")
 
@@ -116,11 +116,10 @@ def read_image(path: str | Path, dtype: type | None = np.float32) -> tuple[np.nd
         raise InputError(path, "file not found")
     if image_suffix(path) is None:
         raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip().startswith("Exception")), "")
-        raise InputError(path, f"cannot read image ({first or 'unreadable or corrupt file'})") from None
+    problem = precheck(path)  # empty, header-only, truncated, missing data file: before ITK reads anything
+    if problem:
+        raise InputError(path, f"cannot read image: {problem}")
+    image = _read_with_itk(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
     if image.GetDimension() != 3:
@@ -129,46 +128,39 @@ def read_image(path: str | Path, dtype: type | None = np.float32) -> tuple[np.nd
         array = sitk.GetArrayFromImage(image)
         if dtype is not None:
             array = array.astype(dtype, copy=False)
-    except RuntimeError:
-        raise InputError(path, "cannot read pixel data (truncated or corrupt file)") from None
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read image: {explain(path, exc)}") from None
     return array, Geometry.of(image)
 
 
-def _atomic_target(path: Path) -> Path:
-    """A temporary path in the destination folder, so that the final rename is atomic."""
+def _read_with_itk(path: Path) -> sitk.Image:
+    """The image, its header checked first (voxel limit); failures explained in words (hieseg.imagecheck)."""
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings name its source files; our errors say why
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (image_suffix(path) or ""),
-                                   dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"{path.parent}: cannot write output here ({exc.strerror or exc})") from None
-    os.close(fd)
-    return Path(tmp)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        problem = too_many_voxels(reader.GetSize(), reader.GetNumberOfComponents())
+        if problem:
+            raise InputError(path, f"cannot read image: {problem}")
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read image: {explain(path, exc)}") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    try:
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write output ({exc.strerror or exc})") from None
+def image_from_array(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of a (z, y, x) array with exactly ``geometry``."""
+    if tuple(array.shape) != geometry.shape_zyx:
+        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
+    return geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
 
 
 def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> Path:
-    """Write a (z, y, x) array with ``geometry`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    if tuple(array.shape) != geometry.shape_zyx:
-        raise ValueError(f"array shape {array.shape} does not match geometry {geometry.shape_zyx}")
-    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
-    tmp = _atomic_target(path)
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
-    except RuntimeError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write image ({str(exc).strip().splitlines()[-1]})") from None
-    _commit(tmp, path)
-    return path
+    """Write a (z, y, x) array with ``geometry`` atomically, synced and verified (see hieseg.writer)."""
+    return write_image_atomic(image_from_array(array, geometry), path, compress)
 
 
 def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, compress: bool = True) -> Path:
@@ -177,20 +169,16 @@ def write_mask(mask: np.ndarray, geometry: Geometry, path: str | Path, compress:
 
 
 def write_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_text(text)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    _commit(tmp, path)
-    return path
+    """Write a text file atomically, synced and verified."""
+    return write_bytes_atomic(text.encode(), path)
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=2, default=_json_default) + "\n").encode()
 
 
 def write_json(data: Any, path: str | Path) -> Path:
-    return write_text(json.dumps(data, indent=2, default=_json_default) + "\n", path)
+    return write_bytes_atomic(json_bytes(data), path)
 
 
 def _json_default(value: Any) -> Any:

@@ -21,6 +21,7 @@ Schema (version 1), ``model/manifest.json``::
       ],
       "fusion": {"threshold": 0.4, "min_component_mm3": 10.0,
                  "empty_case": {"max_probability_below": 0.0, "min_lesion_mm3": 0.0}},
+      "domain": {...optional: the training domain, see hieseg/domain.py; absent -> domain.DEFAULT_DOMAIN...},
       "provenance": {...free-form: training commit, data, cross-validation scores...},
       "license": "...", "intended_use": "...", "references": [...]   # optional: shown in reports and the model card
     }
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .domain import Domain, default_domain
 from .errors import ModelError
 
 SCHEMA_VERSION = 1
@@ -89,6 +91,7 @@ class Manifest:
     license: str | None = None
     intended_use: str | None = None
     references: tuple[str, ...] = ()
+    domain: Domain = field(default_factory=default_domain)
 
     def summary(self) -> dict[str, Any]:
         summary = {"name": self.name, "version": self.version, "manifest_sha256": self.sha256,
@@ -171,6 +174,7 @@ def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = No
     empty = fusion.get("empty_case", {})
     parsed = tuple(_member(m, directory, where) for m in members)
     _require(sum(m.weight for m in parsed) > 0, where, "member weights sum to zero")
+    domain = _domain(raw.get("domain"), where)
     return Manifest(
         directory=directory, name=str(raw.get("name", "hieseg")), version=str(raw.get("version", "0")),
         crop_margin_mm=float(raw.get("preprocessing", {}).get("crop_margin_mm", 8.0)),
@@ -179,6 +183,7 @@ def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = No
                       float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0))),
         provenance=raw.get("provenance", {}),
         **_optional_text_fields(raw, where),
+        domain=domain,
     )
 
 
@@ -205,6 +210,16 @@ def _where_models_come_from(explicit: str | Path | None) -> str:
         return f"from ${MODEL_DIR_ENV}"
     return (f"no model is bundled here: give --model DIR, set ${MODEL_DIR_ENV}, or mount a model at "
             f"{GRAND_CHALLENGE_MODEL_DIR}")
+
+
+def _domain(raw: dict[str, Any] | None, where: Path) -> Domain:
+    """The manifest's training domain, or the default one of the 40 training cases when the field is absent."""
+    if raw is None:
+        return default_domain()
+    try:
+        return Domain.from_json(raw)
+    except ValueError as exc:
+        raise ModelError(f"{where}: {exc}") from None
 
 
 def load_manifest(model_dir: str | Path | None = None, verify: bool = True) -> Manifest:

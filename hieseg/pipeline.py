@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, preprocess
+from . import __version__, domain, preprocess
 from .cases import Case
 from .ensemble import LoadedMember, load_members, run_ensemble
-from .io import Geometry, read_image, write_image, write_json, write_mask
+from .io import Geometry, image_from_array, json_bytes, read_image
 from .manifest import Manifest, load_manifest
 from .postprocess import postprocess
 from .report import lesion_statistics
 from .validate import validate_pair
+from .writer import OutputSet
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class CaseResult:
     adc: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+    domain: domain.DomainCheck = field(default_factory=domain.DomainCheck)
 
 
 class Segmenter:
@@ -52,16 +54,33 @@ class Segmenter:
         return {m.member.name: m.provider for m in self.members}
 
     def segment(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
-                timings: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mask (uint8) and fused probability (float32) on the native grid of a validated ADC / Z-ADC pair."""
+                timings: dict[str, float] | None = None,
+                guard: domain.DomainCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Mask (uint8) and fused probability (float32) on the native grid of a validated ADC / Z-ADC pair.
+
+        ``guard`` is the domain guard's verdict on the pair (computed here when not given): members run at its
+        spacing on out-of-domain axes; implausible intensities raise InputError.
+        """
         timings = {} if timings is None else timings
+        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
+        return self.mask_from_probability(prob, adc, geometry, timings), prob
+
+    def fused_probability(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
+                          timings: dict[str, float] | None = None,
+                          guard: domain.DomainCheck | None = None) -> np.ndarray:
         spacing = geometry.spacing_zyx
+        if guard is None:
+            guard = domain.check_case(adc, zadc, spacing, self.manifest.domain)
         crop = preprocess.crop_to_brain(adc, spacing, self.manifest.crop_margin_mm)
-        prob = run_ensemble(self.members, adc, zadc, spacing, crop, timings)
+        return run_ensemble(self.members, adc, zadc, spacing, crop, timings, guard.run_spacing_zyx)
+
+    def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry,
+                              timings: dict[str, float] | None = None) -> np.ndarray:
         t0 = time.perf_counter()
-        mask = postprocess(prob, preprocess.brain_mask(adc), spacing, self.manifest.fusion).astype(np.uint8)
-        timings["postprocess"] = time.perf_counter() - t0
-        return mask, prob
+        mask = postprocess(prob, preprocess.brain_mask(adc), geometry.spacing_zyx, self.manifest.fusion)
+        if timings is not None:
+            timings["postprocess"] = time.perf_counter() - t0
+        return mask.astype(np.uint8)
 
     def segment_case(self, case: Case) -> CaseResult:
         timings: dict[str, float] = {}
@@ -70,10 +89,14 @@ class Segmenter:
         zadc, zadc_geometry = read_image(case.zadc)
         t1 = time.perf_counter()
         validate_pair(adc, geometry, case.adc, zadc, zadc_geometry, case.zadc)
+        guard = domain.check_case(adc, zadc, geometry.spacing_zyx, self.manifest.domain, case.adc, case.zadc)
+        domain.log_check(case.case_id, guard)
         t2 = time.perf_counter()
         timings.update(read=t1 - t0, validate=t2 - t1)
-        mask, prob = self.segment(adc, zadc, geometry, timings)
-        result = CaseResult(case, mask, prob, geometry, adc, timings)
+        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
+        del zadc  # a full-size float32 array the postprocessing does not need: it bounds the peak on large grids
+        mask = self.mask_from_probability(prob, adc, geometry, timings)
+        result = CaseResult(case, mask, prob, geometry, adc, timings, domain=guard)
         t3 = time.perf_counter()
         result.report = self.case_report(result)
         timings["report"] = time.perf_counter() - t3
@@ -90,32 +113,35 @@ class Segmenter:
             "model": self.manifest.summary(),
             "threshold": self.manifest.fusion.threshold,
             "geometry": result.geometry.to_json(),
+            "domain": {**result.domain.to_json(), "training_domain": self.manifest.domain.origin},
             "hieseg_version": __version__,
         }
 
 
 def write_case_outputs(result: CaseResult, mask_path: Path, report_path: Path | None = None,
                        probability_path: Path | None = None, qc_path: Path | None = None) -> dict[str, Any]:
-    """Write a case's files (each atomically); the report records seconds per stage, writing included."""
+    """Write a case's files together (see hieseg.writer.OutputSet): each is staged, synced and verified, and
+    they are renamed into place only when all are, the report last; on any error none of them appears."""
     t0 = time.perf_counter()
-    write_mask(result.mask, result.geometry, mask_path)
-    if probability_path is not None:
-        write_image(result.probability.astype(np.float32), result.geometry, probability_path)
-    if qc_path is not None:
-        from .qc import write_montage
+    with OutputSet() as out:
+        out.add_image(image_from_array((result.mask > 0).astype(np.uint8), result.geometry), mask_path)
+        if probability_path is not None:
+            out.add_image(image_from_array(result.probability.astype(np.float32), result.geometry),
+                          probability_path)
+        if qc_path is not None:
+            from .qc import montage_png
 
-        write_montage(result.adc, result.mask, qc_path, title=f"{result.case.case_id}: prediction",
-                      spacing_zyx=result.geometry.spacing_zyx)
-    report = dict(result.report, outputs={"mask": str(mask_path),
-                                          "probability": str(probability_path) if probability_path else None,
-                                          "qc": str(qc_path) if qc_path else None})
-    if report_path is not None:
-        write_json(report, report_path)
-    result.timings["write"] = time.perf_counter() - t0
-    report["seconds"] = _rounded(result.timings)
-    report["seconds"]["total"] = round(sum(result.timings.values()), 3)
-    if report_path is not None:  # the same content, now with the write stage timed
-        write_json(report, report_path)
+            out.add_bytes(montage_png(result.adc, result.mask, title=f"{result.case.case_id}: prediction",
+                                      spacing_zyx=result.geometry.spacing_zyx), qc_path)
+        report = dict(result.report, outputs={"mask": str(mask_path),
+                                              "probability": str(probability_path) if probability_path else None,
+                                              "qc": str(qc_path) if qc_path else None})
+        result.timings["write"] = time.perf_counter() - t0
+        report["seconds"] = _rounded(result.timings)
+        report["seconds"]["total"] = round(sum(result.timings.values()), 3)
+        if report_path is not None:
+            out.add_bytes(json_bytes(report), report_path)
+        out.commit()
     result.report = report
     return report
 

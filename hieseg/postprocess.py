@@ -8,6 +8,7 @@ import numpy as np
 from scipy import ndimage
 
 from .manifest import Fusion
+from .preprocess import brain_bbox
 
 # Full (26-)connectivity: on these anisotropic grids, lesion voxels touching only at an edge are still one lesion.
 CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
@@ -19,13 +20,24 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.bincount(labels.ravel(), minlength=count + 1)
 
 
+def component_sizes(mask: np.ndarray) -> np.ndarray:
+    """Voxel counts of the connected components (index 0: background inside the mask's bounding box), labelled
+    within that box only: on a large grid a full-size label array would be the run's largest allocation."""
+    if not mask.any():
+        return np.zeros(1, dtype=np.intp)
+    return label_components(mask[brain_bbox(mask, (0, 0, 0))])[1]
+
+
 def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     if min_voxels <= 1 or not mask.any():
         return mask
-    labels, sizes = label_components(mask)
+    box = brain_bbox(mask, (0, 0, 0))  # components cannot reach outside the mask's bounding box
+    labels, sizes = label_components(mask[box])
     keep = sizes >= min_voxels
     keep[0] = False
-    return keep[labels]
+    out = np.zeros(mask.shape, dtype=bool)
+    out[box] = keep[labels]
+    return out
 
 
 def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], fusion: Fusion) -> np.ndarray:
@@ -36,10 +48,11 @@ def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float
     lesion-free and the mask is empty (a lesion-free case scores only when the mask is completely empty).
     """
     voxel_mm3 = float(np.prod(spacing_zyx))
-    inside = np.where(brain, prob, 0.0)
-    if fusion.empty_max_probability_below > 0 and float(inside.max(initial=0.0)) < fusion.empty_max_probability_below:
+    # Probabilities outside the brain count as 0 (no full-size masked copy: large grids stay within memory).
+    peak = float(np.max(prob, where=brain, initial=0.0))
+    if fusion.empty_max_probability_below > 0 and peak < fusion.empty_max_probability_below:
         return np.zeros(prob.shape, dtype=bool)
-    mask = inside >= fusion.threshold
+    mask = np.where(brain, prob >= fusion.threshold, 0.0 >= fusion.threshold)
     mask = remove_small_components(mask, fusion.min_component_mm3 / voxel_mm3)
     if fusion.empty_min_lesion_mm3 > 0 and mask.sum() * voxel_mm3 < fusion.empty_min_lesion_mm3:
         return np.zeros(prob.shape, dtype=bool)

@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .io import _atomic_target, _commit
+from .writer import write_bytes_atomic
 from .metrics import STRATA, MissingDependency, binarize
 
 log = logging.getLogger(__name__)
@@ -36,18 +36,14 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _save(figure, path: str | Path) -> Path:
-    path = Path(path)
+def _png(figure) -> bytes:
     buffer = _bytesio.BytesIO()
     figure.savefig(buffer, format="png", facecolor=figure.get_facecolor())
-    tmp = _atomic_target(path)
-    try:
-        tmp.write_bytes(buffer.getvalue())
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    _commit(tmp, path)
-    return path
+    return buffer.getvalue()
+
+
+def _save(figure, path: str | Path) -> Path:
+    return write_bytes_atomic(_png(figure), path)
 
 
 def lesion_slices(*masks: np.ndarray | None, limit: int = MAX_SLICES) -> list[int]:
@@ -66,11 +62,16 @@ def lesion_slices(*masks: np.ndarray | None, limit: int = MAX_SLICES) -> list[in
 
 def write_montage(adc: np.ndarray, pred: np.ndarray, path: str | Path, truth: np.ndarray | None = None,
                   title: str = "", spacing_zyx: Sequence[float] | None = None) -> Path:
+    """``montage_png`` written atomically to ``path``; returns the path."""
+    return write_bytes_atomic(montage_png(adc, pred, truth, title, spacing_zyx), path)
+
+
+def montage_png(adc: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None,
+                title: str = "", spacing_zyx: Sequence[float] | None = None) -> bytes:
     """PNG montage of the axial slices that hold truth or predicted lesions.
 
     ADC in grey, the truth contour in green and the prediction contour in magenta; ``title`` goes on top (for
     example the case id with its Dice, MASD and NSD). ``spacing_zyx`` sets the in-plane pixel aspect.
-    Returns the written path.
     """
     adc = np.asarray(adc, dtype=np.float32)
     pred = binarize(pred)
@@ -110,7 +111,7 @@ def write_montage(adc: np.ndarray, pred: np.ndarray, path: str | Path, truth: np
     figure.suptitle(f"{title}\n{legend}" if title else legend, color="white", fontsize=9)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.7 / figure.get_figheight(),
                            wspace=0.03, hspace=0.15)
-    return _save(figure, path)
+    return _png(figure)
 
 
 def write_summary_plot(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:

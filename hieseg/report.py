@@ -10,7 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .io import write_text
-from .postprocess import label_components
+from .postprocess import component_sizes
 
 BURDEN_CLASSES = ("<1%", "1-5%", ">5%")
 
@@ -29,7 +29,7 @@ def lesion_statistics(mask: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence
     lesion_ml = float(mask.sum()) * voxel_ml
     brain_ml = float(brain.sum()) * voxel_ml
     percent = 100.0 * lesion_ml / brain_ml if brain_ml else 0.0
-    _, sizes = label_components(mask)
+    sizes = component_sizes(mask)
     return {
         "lesion_volume_ml": round(lesion_ml, 4),
         "brain_volume_ml": round(brain_ml, 3),
