@@ -15,6 +15,7 @@ import torch
 from hieseg.manifest import sha256_file
 
 from . import config
+from .domain import training_domain
 from .config import CROP_MARGIN_MM, TTA_FLIPS
 from .data import REPO, TARBALL
 from .nets import WithSigmoid, build
@@ -227,6 +228,7 @@ def export_all(run, tuning: dict, log=print) -> dict:
         "intended_use": DEFAULT_INTENDED_USE,
         "references": [DATA_PAPER],
         "preprocessing": {"crop_margin_mm": CROP_MARGIN_MM},
+        "domain": training_domain(run.cases.values()),
         "members": members,
         "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
                    "empty_case": {"max_probability_below": fusion["empty_max_probability_below"],
