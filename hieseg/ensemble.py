@@ -13,7 +13,7 @@ import numpy as np
 from . import preprocess
 from .inferers import predict_volume, with_flips
 from .manifest import Manifest, Member
-from .sessions import CPU, CUDA, create_session, default_threads, is_out_of_memory
+from .sessions import CPU, CUDA, create_session, default_threads, is_out_of_memory, provider_plan
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +85,27 @@ def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: 
     """Create every member's session once (per process), each from checksum-verified bytes."""
     loaded = []
     threads = threads or default_threads(len(manifest.members))
+    _, why = provider_plan(device, gpu_mem_limit_bytes, threads)
     for member in manifest.members:
         session, provider = create_session(member.path, member.sha256, device, gpu_mem_limit_bytes, threads)
         loaded.append(LoadedMember(member, session, provider))
-    providers = sorted({m.provider for m in loaded})
-    if device == "auto" and providers == [CPU]:
-        log.warning("running on CPU (CPUExecutionProvider): no usable CUDA GPU found")
+    line = provider_summary({m.member.name: m.provider for m in loaded})
+    if device == "auto" and {m.provider for m in loaded} == {CPU}:
+        log.warning("running on CPU: %s (%s)", line, why)
     else:
-        log.info("execution provider: %s", ", ".join(providers))
+        log.info("execution provider: %s (%s)", line, why)
     return loaded
+
+
+def provider_summary(providers: dict[str, str]) -> str:
+    """One phrase for the members' providers: 'X for all 10 members' or 'X for a, b; Y for c'."""
+    by_provider: dict[str, list[str]] = {}
+    for name, provider in providers.items():
+        by_provider.setdefault(provider, []).append(name)
+    if len(by_provider) == 1:
+        provider, names = next(iter(by_provider.items()))
+        return f"{provider} for all {len(names)} members"
+    return "; ".join(f"{provider} for {', '.join(names)}" for provider, names in sorted(by_provider.items()))
 
 
 def prep_key(member: Member) -> str:
