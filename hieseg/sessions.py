@@ -225,31 +225,35 @@ def read_verified(path: Path, sha256: str) -> bytes:
 
 def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
                    threads: int | None = None):
-    """An InferenceSession for one verified model file, and the provider that actually runs it.
+    """An InferenceSession for one verified model file, and the provider that actually runs it."""
+    return session_from_bytes(read_verified(path, sha256), path.name, device, gpu_mem_limit_bytes, threads)
+
+
+def session_from_bytes(data: bytes, name: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
+                       threads: int | None = None):
+    """An InferenceSession for verified model bytes (``name`` labels messages), and the provider that runs it.
 
     ``get_available_providers`` only says a provider was compiled in; whether CUDA really initialised
     (driver, libcudart, cuDNN present) shows only in the created session's ``get_providers``. An OpenVINO
-    session must take the whole graph (CPU-EP fallback disabled); when it cannot, the member runs on ONNX
-    Runtime's CPU provider and a warning names the member and the reason.
+    session must take the whole graph (CPU-EP fallback disabled); when it cannot, the graph runs on ONNX
+    Runtime's CPU provider and a warning names it and the reason.
     """
     import onnxruntime as ort
 
     providers = requested_providers(device, gpu_mem_limit_bytes, threads)
-    data = read_verified(path, sha256)
     first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     try:
         session = ort.InferenceSession(data, sess_options=session_options(threads, whole_graph=first == OPENVINO),
                                        providers=providers)
     except Exception as exc:  # ORT raises several private exception types
         if is_out_of_memory(exc):
-            raise MemoryError(f"out of memory creating the ONNX Runtime session for {path.name}") from None
+            raise MemoryError(f"out of memory creating the ONNX Runtime session for {name}") from None
         if device == "cuda":
-            raise DeviceError(f"--device cuda: CUDA session for {path.name} failed ({_first_line(exc)})") from None
+            raise DeviceError(f"--device cuda: CUDA session for {name} failed ({_first_line(exc)})") from None
         if first == CPU:
-            raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
         session = ort.InferenceSession(data, sess_options=session_options(threads), providers=[CPU])
-        log.warning("%s: %s cannot run this graph (%s); this member runs on %s", path.name, first,
-                    _first_line(exc), CPU)
+        log.warning("%s: %s cannot run this graph (%s); it runs on %s", name, first, _first_line(exc), CPU)
     used = session.get_providers()[0]
     if device == "cuda" and used != CUDA:
         raise DeviceError(f"--device cuda: CUDA is not usable here (onnxruntime fell back to {used}); "
