@@ -58,7 +58,8 @@ def check_writable(folder: Path) -> None:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="cuda: fail if CUDA cannot run; auto: CUDA when it works, else CPU (default)")
+                        help="auto (default): CUDA when it works, else OpenVINO when installed, else CPU; "
+                             "cuda / openvino: fail if that provider cannot run; cpu: ONNX Runtime's CPU provider")
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder with manifest.json (default: /opt/ml/model if it has one, "
                              "else the bundled model/)")
