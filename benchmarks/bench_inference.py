@@ -542,7 +542,8 @@ def report(results: dict) -> None:
             print(f"{'network ' + network:<28}{v['median']:>10.3f}{v['p90']:>10.3f}")
         print(f"{'total per case (wall)':<28}{s['total']['median']:>10.3f}{s['total']['p90']:>10.3f}"
               f"   target <= {TARGETS['median_total_s']} s")
-        print(f"first case {s['first_case_s']} s (again at the end: {s['first_case_again_s']} s); throughput {s['throughput_cases_per_min']} cases/min; "
+        print(f"first case {s['first_case_s']} s (again at the end: {s['first_case_again_s']} s); "
+              f"throughput {s['throughput_cases_per_min']} cases/min; "
               f"session load {s['session_load_s']} s; peak RSS {s['peak_rss_gib']} GiB")
         cold = s["cold_start"]
         print(f"cold start to first case (excl. the case): {cold.get('cold_start_s', cold)} s   "
@@ -571,10 +572,10 @@ DOC_BEGIN, DOC_END = "<!-- bench:begin (written by benchmarks/bench_inference.py
 def render_markdown(results: dict, json_path: Path) -> str:
     """The measured tables, from the results alone (no figure typed by hand)."""
     p = results["providers"]
+    shown = json_path.resolve().relative_to(REPO) if json_path.resolve().is_relative_to(REPO) else json_path
     lines = [f"Run {results['started_utc']} – {results['finished_utc']}, commit `{results['commit']}`, "
              f"{len(results['cases'])} real cases, {results['threads']} threads on {results['cpus']} CPUs "
-             f"({results['cpu']}). Results: `{json_path.relative_to(REPO) if json_path.is_relative_to(REPO) else json_path}`.",
-             ""]
+             f"({results['cpu']}). Results: `{shown}`.", ""]
     if results.get("note"):
         lines += [f"**Note:** {results['note']}", ""]
     lines += ["| provider | onnxruntime | sessions | median s/case | p90 s/case | first case s (again) "
@@ -588,19 +589,19 @@ def render_markdown(results: dict, json_path: Path) -> str:
                      f"{c.get('over_cpu_provider', '–')} | {s.get('ort_over_torch_speedup', '–')} |")
     if "torch_total" in next(iter(p.values())):
         t = next(iter(p.values()))["torch_total"]
-        lines.append(f"| torch eager ({results['torch'].get('torch')}) | – | {t['median']} | {t['p90']} | – | – | – "
-                     "| – | 1.0 |")
-    lines += ["", f"Distance to the limit: machine peak {results['machine_peak']['gflops']} GFLOP/s (best numpy float32 "
-              f"GEMM, n = {results['machine_peak']['before'].get('n')}, {results['threads']} threads, before and after "
-              "the runs). FLOPs = 2 × MACs of Conv/ConvTranspose/MatMul/Gemm counted from each ONNX graph at the "
+        lines.append(f"| torch eager ({results['torch'].get('torch')}) | – | – | {t['median']} | {t['p90']} "
+                     "| – | – | – | – | 1.0 |")
+    lines += ["", f"Distance to the limit: machine peak {results['machine_peak']['gflops']} GFLOP/s (best numpy "
+              f"float32 GEMM, n = {results['machine_peak']['before'].get('n')}, {results['threads']} threads, "
+              "before and after the runs). FLOPs = 2 × MACs of Conv/ConvTranspose/MatMul/Gemm counted from each ONNX graph at the "
               "case's real input shapes, all folds and TTA passes; time = the network's member seconds in the "
               "pipeline (medians over cases).", "",
               "| network | provider | GFLOP/case | median s/case | GFLOP/s | fraction of peak | × torch eager |",
               "|---|---|---|---|---|---|---|"]
     for device, s in p.items():
         for network, d in s["distance_to_limit"].items():
-            lines.append(f"| {network} | {device} | {d['gflop_per_case_median']} | {s['networks'][network]['median']} | "
-                         f"{d['gflops_median']} | {d['fraction_of_peak']} | "
+            lines.append(f"| {network} | {device} | {d['gflop_per_case_median']} | "
+                         f"{s['networks'][network]['median']} | {d['gflops_median']} | {d['fraction_of_peak']} | "
                          f"{s.get('ort_over_torch_per_network', {}).get(network, '–')} |")
     return "\n".join(lines)
 

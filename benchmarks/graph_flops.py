@@ -67,7 +67,7 @@ def count_macs(path: str | Path, input_shape: Sequence[int]) -> dict[str, int]:
         group = int(_attr(node, "group", 1))
         if op == "Conv":  # every output element: Cin/group x kernel MACs; weight (Cout, Cin/group, *k)
             n = math.prod(y) * math.prod(w[1:])
-        elif op == "ConvTranspose":  # every input element scatters into Cout/group x kernel outputs; w (Cin, Cout/g, *k)
+        elif op == "ConvTranspose":  # each input element scatters into Cout/group x kernel; w (Cin, Cout/g, *k)
             n = math.prod(x) * math.prod(w[1:])
         elif op == "MatMul":
             n = math.prod(y) * x[-1]

@@ -21,8 +21,6 @@ DEVICES = ("auto", "cpu", "cuda", "openvino")
 CUDA = "CUDAExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 CPU = "CPUExecutionProvider"
-# Where OpenVINO keeps compiled models between processes (opt-in: a writable folder; cuts the cold start).
-OPENVINO_CACHE_ENV = "HIESEG_OPENVINO_CACHE"
 
 
 def available_cpus() -> int:
@@ -176,14 +174,11 @@ def _installed(available: Sequence[str]) -> str:
     return f"installed: {ort.__version__}, providers: {', '.join(available)}"
 
 
-def openvino_provider_options(threads: int | None = None, cache_dir: str | None = None) -> dict[str, str]:
+def openvino_provider_options(threads: int | None = None) -> dict[str, str]:
     """OpenVINO on the CPU in float32 (never a bf16/fp16 inference precision: the parity bar is 1e-4), with
-    the session's thread count; ``cache_dir`` (or $HIESEG_OPENVINO_CACHE) keeps compiled models on disk."""
-    options = {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads or available_cpus())}
-    cache_dir = cache_dir or os.environ.get(OPENVINO_CACHE_ENV)
-    if cache_dir:
-        options["cache_dir"] = str(cache_dir)
-    return options
+    the session's thread count. No ``cache_dir``: for these in-memory, dynamic-shape graphs it wrote blobs but did
+    not shorten session creation when tried."""
+    return {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads or available_cpus())}
 
 
 def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None, threads: int | None = None
