@@ -20,8 +20,8 @@ from .shared_sessions import fused_graph, group_member, group_members, onnx_avai
 log = logging.getLogger(__name__)
 
 
-# Measured on four real cases, 5 fused UNet++ folds: 8 slices per pass instead of 16 lowers peak RSS by 0.25 GiB
-# at the same speed (within 2-5 %, noisy machine).
+# OpenVINO keeps buffers for a session's largest batch: 8 slices per pass instead of 16 lowered peak RSS on real
+# cases at the same speed within the noise (exploratory runs; docs/benchmark.md has the reference figures).
 OPENVINO_MAX_2D_BATCH = 8
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}

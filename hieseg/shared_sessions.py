@@ -1,11 +1,10 @@
 """Members that can share one session: the folds of a network, fused inside one ONNX graph.
 
 Under OpenVINO every session keeps its own intermediate buffers at the size of the largest input it has seen
-(measured: ten sessions, 2.8 GiB on four real cases, vs 0.7 GiB for ONNX Runtime's CPU provider, whose sessions
-share one arena) and compiles each new input shape again. One graph that runs the folds side by side and returns
-their weighted mean lets OpenVINO plan one set of buffers for all of them (about half the memory, measured) and
-compile each shape once per network instead of once per fold. The folds' arithmetic is unchanged (each fold's
-output is bit-identical to its own session's); only the weighted sum moves from numpy into the graph, which is
+(ONNX Runtime's CPU provider shares one arena between sessions) and prepares each new input shape itself. One
+graph that runs the folds side by side and returns their weighted mean lets OpenVINO plan one set of buffers for
+all of them and prepare each shape once per network instead of once per fold (docs/benchmark.md: peak RSS with
+and without). The folds' arithmetic is unchanged; only the weighted sum moves from numpy into the graph, which is
 exact up to float32 rounding because cropping, resampling, flips and blending are linear.
 
 Building the graph needs the ``onnx`` package (part of ``hieseg[openvino]``); without it each member keeps its
