@@ -9,7 +9,7 @@ case is read by a minimal MetaImage reader and the synthetic cases are made here
 
 Checks, each recorded in the JSON written to --out:
   placement  every member's session runs on the provider, and ORT's profile shows every Conv / ConvTranspose
-             node on it (no silent CPU fallback per node)
+             (also fused) node on it (no silent CPU fallback per node)
   parity     masks identical and fused probability within 1e-4 of the CPU provider, on the sample and synthetic
              cases (also with TF32 off, to tell TF32 from a real difference)
   timing     session load, first case, median of repeated cases
@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 PARITY_FP32, PARITY_FP16 = 1e-4, 1e-3
-COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+# Compute nodes, also after ORT's fusions (FusedConv, FusedMatMul, ...).
+COMPUTE_OPS = re.compile(r"Conv|MatMul|Gemm")
 log = logging.getLogger("device_check")
 
 
@@ -134,7 +135,7 @@ def placement(member, provider_list, threads) -> dict:
     counts: dict[str, dict[str, int]] = {}
     for event in events:
         args = event.get("args", {})
-        if event.get("cat") == "Node" and "provider" in args and args.get("op_name") in COMPUTE_OPS:
+        if event.get("cat") == "Node" and "provider" in args and COMPUTE_OPS.search(args.get("op_name", "")):
             if event["name"].endswith("_kernel_time"):
                 counts.setdefault(args["op_name"], {}).setdefault(args["provider"], 0)
                 counts[args["op_name"]][args["provider"]] += 1
