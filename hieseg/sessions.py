@@ -247,7 +247,7 @@ def session_from_bytes(data: bytes, name: str, device: str = "auto", gpu_mem_lim
             raise DeviceError(f"--device cuda: CUDA session for {name} failed ({_first_line(exc)})") from None
         if first == CPU:
             raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
-        session = ort.InferenceSession(data, sess_options=session_options(threads), providers=[CPU])
+        session = session_from_bytes(data, name, "cpu", threads=threads)[0]
         log.warning("%s: %s cannot run this graph (%s); it runs on %s", name, first, _first_line(exc), CPU)
     used = session.get_providers()[0]
     if device == "cuda" and used != CUDA:

@@ -50,6 +50,9 @@ def onnx_available() -> bool:
         import onnx  # noqa: F401
     except ImportError:
         return False
+    except Exception as exc:  # e.g. SystemError from its extension modules under a tight RLIMIT_DATA
+        log.warning("the onnx package failed to load (%s): one session per member", exc)
+        return False
     return True
 
 
