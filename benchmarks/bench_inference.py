@@ -325,15 +325,16 @@ def summarise(ort: dict, torch_res: dict | None) -> dict:
 # ----------------------------------------------------------------------------------- distance to the limit
 
 
-def forward_items(member, image_shape) -> list[tuple[tuple[int, ...], int]]:
-    """(network input shape for one item, how many such items) of one TTA pass of ``member`` over a prepared
-    image (C, z, y, x), following the runtime's padding and tiling (hieseg.inferers)."""
+def forward_items(member, image) -> list[tuple[tuple[int, ...], int]]:
+    """(network input shape for one item, how many such items run) of one TTA pass of ``member`` over a prepared
+    image (C, z, y, x), following the runtime's padding, tiling and blank-slice sharing (hieseg.inferers)."""
     from hieseg.inferers import padded_shape, tile_starts
 
-    channels, spatial = image_shape[0], tuple(image_shape[1:])
+    channels, spatial = image.shape[0], tuple(image.shape[1:])
     items = 1
     if member.kind == "2d":
-        items, spatial = spatial[0], spatial[1:]
+        blank = ~image.reshape(channels, spatial[0], -1).any(axis=(0, 2))
+        items, spatial = int((~blank).sum()) + int(blank.any()), spatial[1:]
     patch = tuple(member.patch_size) if member.patch_size and all(member.patch_size) else spatial
     if all(n <= p for n, p in zip(spatial, patch)):
         return [((1, channels) + padded_shape(spatial, member.divisible_by), items)]
@@ -346,7 +347,7 @@ def forward_items(member, image_shape) -> list[tuple[tuple[int, ...], int]]:
 
 def case_flops(args: argparse.Namespace) -> dict:
     """FLOPs (2 x MACs of Conv/ConvTranspose/MatMul/Gemm, from each ONNX graph at the case's real input shapes)
-    per case and network, TTA passes included."""
+    per case and network, TTA passes included, counting the forward passes the runtime really makes."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from graph_flops import flops
 
@@ -354,6 +355,7 @@ def case_flops(args: argparse.Namespace) -> dict:
 
     from hieseg import preprocess
     from hieseg.cases import find_cases
+    from hieseg.ensemble import prep_key
     from hieseg.manifest import load_manifest
     from hieseg.validate import load_pair
 
@@ -367,10 +369,13 @@ def case_flops(args: argparse.Namespace) -> dict:
         adc, zadc, geometry = load_pair(case.adc, case.zadc)
         crop = preprocess.crop_to_brain(adc, geometry.spacing_zyx, manifest.crop_margin_mm)
         totals: dict[str, int] = {}
+        prepared: dict[str, preprocess.Prepared] = {}
         for m in manifest.members:
-            shape = (len(m.channels),) + preprocess.target_shape([s.stop - s.start for s in crop],
-                                                                 geometry.spacing_zyx, m.target_spacing_zyx)
-            for item_shape, count in forward_items(m, shape):
+            key = prep_key(m)
+            if key not in prepared:
+                prepared[key] = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels,
+                                                   m.target_spacing_zyx, crop)
+            for item_shape, count in forward_items(m, prepared[key].image):
                 key = (signature[m.name], item_shape)
                 if key not in cache:
                     cache[key] = flops(m.path, item_shape)
@@ -557,7 +562,7 @@ def report(results: dict) -> None:
     print(f"\nmachine peak (numpy float32 GEMM, {results['threads']} threads): {results['machine_peak']['gflops']} "
           "GFLOP/s")
     for device, c in results["comparison"].items():
-        print(f"{device}: {c['over_cpu_provider']}x the CPU provider, {c['over_torch']}x torch eager")
+        print(f"{device}: {c['over_cpu_provider']}x the CPU provider, {c['over_torch'] or '–'}x torch eager")
     before = results["before_optimisations"]
     if "total" in before:
         print(f"before the optimisations (sessions per case, an arena per session, model "
@@ -594,7 +599,8 @@ def render_markdown(results: dict, json_path: Path) -> str:
     lines += ["", f"Distance to the limit: machine peak {results['machine_peak']['gflops']} GFLOP/s (best numpy "
               f"float32 GEMM, n = {results['machine_peak']['before'].get('n')}, {results['threads']} threads, "
               "before and after the runs). FLOPs = 2 × MACs of Conv/ConvTranspose/MatMul/Gemm counted from each ONNX graph at the "
-              "case's real input shapes, all folds and TTA passes; time = the network's member seconds in the "
+              "case's real input shapes, all folds, TTA passes and the forward passes the runtime makes (blank slices "
+              "once); time = the network's member seconds in the "
               "pipeline (medians over cases).", "",
               "| network | provider | GFLOP/case | median s/case | GFLOP/s | fraction of peak | × torch eager |",
               "|---|---|---|---|---|---|---|"]
