@@ -599,9 +599,9 @@ def render_markdown(results: dict, json_path: Path) -> str:
     lines += ["", f"Distance to the limit: machine peak {results['machine_peak']['gflops']} GFLOP/s (best numpy "
               f"float32 GEMM, n = {results['machine_peak']['before'].get('n')}, {results['threads']} threads, "
               "before and after the runs). FLOPs = 2 × MACs of Conv/ConvTranspose/MatMul/Gemm counted from each "
-              "ONNX graph at the case's real input shapes, all folds, TTA passes and the forward passes the runtime makes (blank slices "
-              "once); time = the network's member seconds in the "
-              "pipeline (medians over cases).", "",
+              "ONNX graph at the case's real input shapes, all folds, TTA passes and the forward passes the "
+              "runtime makes (blank slices once); time = the network's member seconds in the pipeline (medians "
+              "over cases).", "",
               "| network | provider | GFLOP/case | median s/case | GFLOP/s | fraction of peak | × torch eager |",
               "|---|---|---|---|---|---|---|"]
     for device, s in p.items():
