@@ -596,6 +596,7 @@ def render_markdown(results: dict, json_path: Path) -> str:
         t = next(iter(p.values()))["torch_total"]
         lines.append(f"| torch eager ({results['torch'].get('torch')}) | – | – | {t['median']} | {t['p90']} "
                      "| – | – | – | – | 1.0 |")
+    lines += ["", targets_line(results)]
     lines += ["", f"Distance to the limit: machine peak {results['machine_peak']['gflops']} GFLOP/s (best numpy "
               f"float32 GEMM, n = {results['machine_peak']['before'].get('n')}, {results['threads']} threads, "
               "before and after the runs). FLOPs = 2 × MACs of Conv/ConvTranspose/MatMul/Gemm counted from each "
@@ -610,6 +611,28 @@ def render_markdown(results: dict, json_path: Path) -> str:
                          f"{s['networks'][network]['median']} | {d['gflops_median']} | {d['fraction_of_peak']} | "
                          f"{s.get('ort_over_torch_per_network', {}).get(network, '–')} |")
     return "\n".join(lines)
+
+
+def targets_line(results: dict) -> str:
+    """Issue 15's OpenVINO targets against this run's figures, each marked met or not."""
+    ov, comparison = results["providers"].get("openvino"), results["comparison"].get("openvino", {})
+    if not ov:
+        return "OpenVINO targets: no OpenVINO run."
+    t = OPENVINO_TARGETS
+
+    def mark(ok: bool | None) -> str:
+        return "–" if ok is None else ("met" if ok else "not met")
+
+    over_cpu, over_torch = comparison.get("over_cpu_provider"), ov.get("ort_over_torch_speedup")
+    median, rss = ov["total"]["median"], ov["peak_rss_gib"]
+    parts = [f"{over_cpu}× the CPU provider (≥ {t['over_cpu_provider']}×: "
+             f"{mark(None if over_cpu is None else over_cpu >= t['over_cpu_provider'])})",
+             f"{over_torch or '–'}× torch eager (≥ {t['over_torch']}×: "
+             f"{mark(None if over_torch is None else over_torch >= t['over_torch'])})",
+             f"median {median} s/case (≤ {t['median_total_s']} s: {mark(median <= t['median_total_s'])})",
+             f"peak RSS {rss} GiB (≤ {t['peak_rss_gib']} GiB: {mark(rss <= t['peak_rss_gib'])}; "
+             f"bar {t['peak_rss_bar_gib']} GiB: {mark(rss <= t['peak_rss_bar_gib'])})"]
+    return "OpenVINO against the targets (2 cores): " + "; ".join(parts) + "."
 
 
 def write_doc(path: Path, results: dict, json_path: Path) -> None:
