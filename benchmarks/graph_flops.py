@@ -64,7 +64,7 @@ def count_macs(path: str | Path, input_shape: Sequence[int]) -> dict[str, int]:
             x, w, y = shapes[node.input[0]], shapes[node.input[1]], shapes[node.output[0]]
         except KeyError as missing:
             raise ValueError(f"{path}: shape inference left {missing} of {op} node {node.name!r} unresolved") from None
-        group = int(_attr(node, "group", 1))
+        # Grouped convolutions need no special case: the weight's second axis is already Cin/group (Cout/group).
         if op == "Conv":  # every output element: Cin/group x kernel MACs; weight (Cout, Cin/group, *k)
             n = math.prod(y) * math.prod(w[1:])
         elif op == "ConvTranspose":  # each input element scatters into Cout/group x kernel; w (Cin, Cout/g, *k)
@@ -75,7 +75,6 @@ def count_macs(path: str | Path, input_shape: Sequence[int]) -> dict[str, int]:
             k = x[0] if _attr(node, "transA", 0) else x[-1]
             n = math.prod(y) * k
         macs[op] = macs.get(op, 0) + int(n)
-        del group  # grouped convolutions are covered by w[1] = Cin/group
     return macs
 
 
