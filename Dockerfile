@@ -28,13 +28,15 @@ RUN set -eux; \
 
 # ---- dependencies: a venv installed offline from the host-made wheelhouse (never reaches the final image) ------
 FROM runtime-base AS deps
-# gpu -> requirements.txt (onnxruntime-gpu, what ships); cpu -> requirements-cpu.txt (onnxruntime, smaller).
+# gpu -> requirements.txt (onnxruntime-gpu, what ships); cpu -> requirements-cpu.txt (onnxruntime, smaller);
+# openvino -> requirements-openvino.txt (onnxruntime-openvino + onnx: faster on x86 CPUs, larger).
 ARG VARIANT=gpu
-COPY requirements.txt requirements-cpu.txt /tmp/build/
+COPY requirements.txt requirements-cpu.txt requirements-openvino.txt /tmp/build/
 COPY scripts/container-constraints.txt /tmp/build/
 COPY wheelhouse/${VARIANT}/ /tmp/wheelhouse/
 RUN set -eux; \
-    case "${VARIANT}" in gpu) req=requirements.txt ;; cpu) req=requirements-cpu.txt ;; *) echo "VARIANT must be gpu or cpu" >&2; exit 2 ;; esac; \
+    case "${VARIANT}" in gpu) req=requirements.txt ;; cpu) req=requirements-cpu.txt ;; openvino) req=requirements-openvino.txt ;; \
+        *) echo "VARIANT must be gpu, cpu or openvino" >&2; exit 2 ;; esac; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-index \
         --find-links /tmp/wheelhouse -r "/tmp/build/$req" -c /tmp/build/container-constraints.txt; \

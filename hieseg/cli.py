@@ -58,8 +58,9 @@ def _output_folders(cases: Sequence[Case], out: Path, gc_layout: bool, args: arg
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_arg, default="auto", metavar=DEVICE_HELP.replace(" ", ""),
-                        help="cuda: fail if CUDA cannot run (cuda:N: GPU N); auto: CUDA when it works, else CPU "
-                             "(default)")
+                        help="auto (default): CUDA when it works, else OpenVINO when installed, else ONNX Runtime's "
+                             "CPU provider; cuda (cuda:N: GPU N) / openvino: fail if that provider cannot run; "
+                             "cpu: ONNX Runtime's CPU provider")
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder with manifest.json (default: $HIESEG_MODEL_DIR, else /opt/ml/model "
                              "if it has one, else the model shipped with hieseg)")

@@ -1,4 +1,4 @@
-"""The ``--device`` values: ``auto``, ``cpu``, ``cuda`` (GPU 0) and ``cuda:N`` (GPU N)."""
+"""The ``--device`` values: ``auto``, ``cpu``, ``openvino``, ``cuda`` (GPU 0) and ``cuda:N`` (GPU N)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import re
 
 from .errors import DeviceError
 
-DEVICE_KINDS = ("auto", "cpu", "cuda")
-DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+DEVICE_KINDS = ("auto", "cpu", "cuda", "openvino")
+DEVICE_HELP = "auto | cpu | openvino | cuda | cuda:N"
 
 
 def parse_device(device: str) -> tuple[str, int]:
-    """``(kind, device_id)`` of a device string: 'cuda:1' -> ('cuda', 1); 'auto'/'cpu'/'cuda' use GPU 0."""
-    match = re.fullmatch(r"(auto|cpu|cuda)(?::(\d+))?", str(device).strip().lower())
+    """``(kind, device_id)`` of a device string: 'cuda:1' -> ('cuda', 1); the other kinds use device 0."""
+    match = re.fullmatch(r"(auto|cpu|cuda|openvino)(?::(\d+))?", str(device).strip().lower())
     if not match or (match.group(2) is not None and match.group(1) != "cuda"):
         raise DeviceError(f"--device must be one of {DEVICE_HELP}, not {device!r}")
     return match.group(1), int(match.group(2) or 0)

@@ -15,10 +15,16 @@ from .domain import member_spacing
 from .inferers import predict_volume, with_flips
 from .devices import parse_device
 from .manifest import Manifest, Member
-from .sessions import CPU, CUDA, create_session, default_threads, is_out_of_memory
+from .sessions import (CPU, CUDA, OPENVINO, create_session, default_threads, is_out_of_memory, provider_plan,
+                       read_verified, session_from_bytes)
+from .shared_sessions import fused_graph, group_member, group_members, onnx_available
 
 log = logging.getLogger(__name__)
 
+
+# OpenVINO keeps buffers for a session's largest batch: 8 slices per pass instead of 16 lowered peak RSS on real
+# cases at the same speed within the noise (exploratory runs; docs/benchmark.md has the reference figures).
+OPENVINO_MAX_2D_BATCH = 8
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
@@ -72,10 +78,27 @@ def bound_runner(session: Any, member: str, device: str = "cuda", device_id: int
 
 @dataclass
 class LoadedMember:
+    """A session and the member it runs; a shared session runs several manifest members (``parts``) as one
+    member whose output is their weighted mean (see shared_sessions)."""
+
     member: Member
     session: Any
     provider: str
     device_id: int = 0  # the GPU of 'cuda:N'
+    parts: tuple[Member, ...] = ()
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        return self.parts or (self.member,)
+
+    @property
+    def batch_size(self) -> int:
+        """Items per forward pass: the manifest's, except OpenVINO's 2D slices, capped at OPENVINO_MAX_2D_BATCH
+        (an OpenVINO session keeps buffers for its largest batch; slices are independent, so the result is the
+        same)."""
+        if self.provider == OPENVINO and self.member.kind == "2d":
+            return min(self.member.batch_size, OPENVINO_MAX_2D_BATCH)
+        return self.member.batch_size
 
     def predict_fn(self) -> Callable[[np.ndarray], np.ndarray]:
         if self.provider == CUDA:
@@ -84,19 +107,63 @@ class LoadedMember:
 
 
 def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
-                 threads: int | None = None) -> list[LoadedMember]:
-    """Create every member's session once (per process), each from checksum-verified bytes."""
+                 threads: int | None = None, share: bool | None = None) -> list[LoadedMember]:
+    """Create the sessions once (per process), each from checksum-verified bytes: one per member, or one per
+    network under OpenVINO (see shared_sessions; ``share`` overrides that choice, e.g. for parity tests)."""
     loaded = []
     threads = threads or default_threads(len(manifest.members))
-    for member in manifest.members:
-        session, provider = create_session(member.path, member.sha256, device, gpu_mem_limit_bytes, threads)
-        loaded.append(LoadedMember(member, session, provider, parse_device(device)[1]))
-    providers = sorted({m.provider for m in loaded})
-    if device == "auto" and providers == [CPU]:
-        log.warning("running on CPU (CPUExecutionProvider): no usable CUDA GPU found")
+    plan, why = provider_plan(device, gpu_mem_limit_bytes, threads)
+    device_id = parse_device(device)[1]
+    for group in member_groups(manifest.members, plan, share):
+        if len(group) == 1:
+            session, provider = create_session(group[0].path, group[0].sha256, device, gpu_mem_limit_bytes, threads)
+            loaded.append(LoadedMember(group[0], session, provider, device_id))
+            continue
+        member = group_member(group)
+        data = fused_graph([read_verified(m.path, m.sha256) for m in group], [m.weight for m in group])
+        session, provider = session_from_bytes(data, member.name, device, gpu_mem_limit_bytes, threads)
+        loaded.append(LoadedMember(member, session, provider, device_id, parts=tuple(group)))
+    line = provider_summary(member_providers(loaded))
+    if device == "auto" and {m.provider for m in loaded} == {CPU}:
+        log.warning("running on CPU: %s (%s)", line, why)
     else:
-        log.info("execution provider: %s", ", ".join(providers))
+        log.info("execution provider: %s (%s)", line, why)
     return loaded
+
+
+def member_groups(members: Sequence[Member], plan: Sequence[Any], share: bool | None = None
+                  ) -> list[list[Member]]:
+    """One group per session: the folds of a network together under OpenVINO (when onnx can build the fused
+    graph), else every member alone (the CPU provider's sessions already share one memory arena)."""
+    first = plan[0][0] if isinstance(plan[0], tuple) else plan[0]
+    if not (first == OPENVINO if share is None else share):
+        return [[m] for m in members]
+    if not onnx_available():
+        log.info("the onnx package is missing: one OpenVINO session per member (more memory; pip install onnx)")
+        return [[m] for m in members]
+    return group_members(members)
+
+
+def member_providers(loaded: Sequence[LoadedMember]) -> dict[str, str]:
+    """Manifest member name -> the provider that runs it."""
+    return {part.name: lm.provider for lm in loaded for part in lm.members}
+
+
+def member_rows(loaded: Sequence[LoadedMember]) -> list[dict[str, Any]]:
+    """The report's ``members``: every manifest member with its kind, provider, weight and session."""
+    return [{"name": part.name, "kind": part.kind, "provider": lm.provider, "weight": part.weight,
+             "session": lm.member.name} for lm in loaded for part in lm.members]
+
+
+def provider_summary(providers: dict[str, str]) -> str:
+    """One phrase for the members' providers: 'X for all 10 members' or 'X for a, b; Y for c'."""
+    by_provider: dict[str, list[str]] = {}
+    for name, provider in providers.items():
+        by_provider.setdefault(provider, []).append(name)
+    if len(by_provider) == 1:
+        provider, names = next(iter(by_provider.items()))
+        return f"{provider} for all {len(names)} members"
+    return "; ".join(f"{provider} for {', '.join(names)}" for provider, names in sorted(by_provider.items()))
 
 
 def prep_key(member: Member) -> str:
@@ -108,7 +175,7 @@ def member_probability(loaded: LoadedMember, prepared: preprocess.Prepared) -> n
     m = loaded.member
     fn = loaded.predict_fn()
     return with_flips(prepared.image,
-                      lambda img: predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, m.batch_size),
+                      lambda img: predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, loaded.batch_size),
                       m.tta_flips)
 
 

@@ -71,8 +71,7 @@ def sliding_window(
     patch = tuple(int(p) for p in patch) if patch and all(patch) else tuple(spatial)
     if all(n <= p for n, p in zip(spatial, patch)):
         padded, crop = pad_spatial(image, padded_shape(spatial, divisible_by))
-        out = np.concatenate([_forward(predict_fn, padded[b:b + batch_size])
-                              for b in range(0, batch, batch_size)])
+        out = _forward_items(predict_fn, padded, batch_size)
         return np.ascontiguousarray(out[(slice(None),) + crop])
 
     padded, crop = pad_spatial(image, padded_shape(spatial, divisible_by, patch))
@@ -96,6 +95,25 @@ def sliding_window(
                                                                                      slice(None)) + t]) * weights
             norm[t] += weights
     return np.ascontiguousarray((acc / norm)[(slice(None),) + crop])
+
+
+def _forward_items(predict_fn: PredictFn, items: np.ndarray, batch_size: int) -> np.ndarray:
+    """Outputs for every item of ``items`` (N, C, ...), ``batch_size`` at a time.
+
+    Items that are entirely zero (a 2D network's slices above and below the brain, inside the crop margin) all
+    give the same output, so only the first of them runs and the others get a copy of its output.
+    """
+    blank = ~items.reshape(len(items), -1).any(axis=1)
+    run = np.flatnonzero(~blank)
+    if blank.any():
+        run = np.sort(np.append(run, np.flatnonzero(blank)[0]))
+    outs = np.concatenate([_forward(predict_fn, items[run[b:b + batch_size]]) for b in range(0, len(run), batch_size)])
+    if len(run) == len(items):
+        return outs
+    full = np.empty((len(items),) + outs.shape[1:], dtype=outs.dtype)
+    full[run] = outs
+    full[blank] = outs[np.searchsorted(run, np.flatnonzero(blank)[0])]
+    return full
 
 
 def _forward(predict_fn: PredictFn, batch: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__, domain, preprocess
 from .cases import Case
-from .ensemble import LoadedMember, load_members, run_ensemble
+from .ensemble import LoadedMember, load_members, member_providers, member_rows, run_ensemble
 from .io import Geometry, image_from_array, json_bytes, read_image
 from .manifest import Manifest, load_manifest
 from .postprocess import postprocess
@@ -51,7 +51,7 @@ class Segmenter:
 
     @property
     def providers(self) -> dict[str, str]:
-        return {m.member.name: m.provider for m in self.members}
+        return member_providers(self.members)
 
     def segment(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
                 timings: dict[str, float] | None = None,
@@ -108,8 +108,7 @@ class Segmenter:
             "case_id": result.case.case_id,
             "inputs": {"adc": str(result.case.adc), "zadc": str(result.case.zadc)},
             **stats,
-            "members": [{"name": m.member.name, "kind": m.member.kind, "provider": m.provider,
-                         "weight": m.member.weight} for m in self.members],
+            "members": member_rows(self.members),
             "model": self.manifest.summary(),
             "threshold": self.manifest.fusion.threshold,
             "geometry": result.geometry.to_json(),

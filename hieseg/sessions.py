@@ -1,4 +1,8 @@
-"""ONNX Runtime sessions: provider choice, thread count and the checks that say which provider really runs."""
+"""ONNX Runtime sessions: provider choice, thread count and the checks that say which provider really runs.
+
+Provider order for ``--device auto``: CUDA (onnxruntime-gpu with a driver), then OpenVINO (onnxruntime-openvino,
+CPUs), then ONNX Runtime's own CPU provider; ``choose_provider`` is the one place that decides.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .devices import DEVICE_KINDS, parse_device
 from .errors import DeviceError, ModelError
@@ -16,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = DEVICE_KINDS  # plus 'cuda:N' (see devices.parse_device)
 CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
@@ -111,7 +116,9 @@ def shared_cpu_arena() -> bool:
     return _shared_arena
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, whole_graph: bool = False):
+    """ORT session options; ``whole_graph`` forbids placing nodes on the CPU provider behind the first one's back
+    (used for OpenVINO, whose unsupported nodes would otherwise run on CPU unnoticed), so creation fails instead."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -122,29 +129,78 @@ def session_options(threads: int | None = None):
     opts.intra_op_num_threads = threads or available_cpus()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
+    if whole_graph:
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        opts.log_severity_level = 4  # its refusal is reported by create_session in one line, not ORT's screen
     return opts
 
 
-def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None) -> list[Any]:
-    """The provider list to ask ONNX Runtime for; raises DeviceError when ``cuda`` cannot possibly run."""
-    import onnxruntime as ort
+def choose_provider(device: str, available: Sequence[str], driver_present: bool) -> tuple[str, str]:
+    """The execution provider for ``device`` and why, in words: CUDA -> OpenVINO -> CPU.
 
-    device, device_id = parse_device(device)  # 'cuda:N' picks GPU N
+    ``available`` is what the installed onnxruntime build offers; ``driver_present`` whether libcuda loads.
+    ``auto`` takes the first that can run; ``cpu`` forces ONNX Runtime's own CPU provider; ``cuda`` (or ``cuda:N``)
+    and ``openvino`` raise DeviceError when their provider cannot run at all.
+    """
+    device = parse_device(device)[0]  # DeviceError for anything but auto | cpu | openvino | cuda | cuda:N
     if device == "cpu":
-        return [CPU]
-    if CUDA not in ort.get_available_providers():
-        if device == "cuda":
-            raise DeviceError("--device cuda: this onnxruntime build has no CUDA provider "
-                              f"(installed: {ort.__version__}, providers: {', '.join(ort.get_available_providers())}); "
+        return CPU, "--device cpu"
+    installed = _installed(available)
+    if device == "cuda":
+        if CUDA not in available:
+            raise DeviceError(f"--device cuda: this onnxruntime build has no CUDA provider ({installed}); "
                               "install onnxruntime-gpu or use --device cpu")
-        return [CPU]
-    # Without a driver, onnxruntime-gpu would print a screen of library-loading errors per session, then fall back.
-    if not nvidia_driver_present():
-        if device == "cuda":
+        # Without a driver, onnxruntime-gpu would print a screen of library-loading errors per session.
+        if not driver_present:
             raise DeviceError("--device cuda: no NVIDIA driver found (libcuda.so.1 is not loadable); "
                               "in a container, run with --gpus all, or use --device cpu")
-        return [CPU]
-    return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes, device_id)), CPU]
+        return CUDA, "--device cuda"
+    if device == "openvino":
+        if OPENVINO not in available:
+            raise DeviceError(f"--device openvino: this onnxruntime build has no OpenVINO provider ({installed}); "
+                              "install hieseg[openvino] (requirements-openvino.txt) or use --device cpu")
+        return OPENVINO, "--device openvino"
+    if CUDA in available and driver_present:
+        return CUDA, "auto: CUDA provider and NVIDIA driver present"
+    no_cuda = "no NVIDIA driver" if CUDA in available else "no CUDA provider"
+    if OPENVINO in available:
+        return OPENVINO, f"auto: {no_cuda}; onnxruntime-openvino offers OpenVINO"
+    return CPU, f"auto: {no_cuda}, no OpenVINO provider ({installed})"
+
+
+def _installed(available: Sequence[str]) -> str:
+    import onnxruntime as ort
+
+    return f"installed: {ort.__version__}, providers: {', '.join(available)}"
+
+
+def openvino_provider_options(threads: int | None = None) -> dict[str, str]:
+    """OpenVINO on the CPU in float32 (never a bf16/fp16 inference precision: the parity bar is 1e-4), with
+    the session's thread count. No ``cache_dir``: for these in-memory, dynamic-shape graphs it wrote blobs but did
+    not shorten session creation when tried."""
+    return {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads or available_cpus())}
+
+
+def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None, threads: int | None = None
+                        ) -> list[Any]:
+    """The provider list to ask ONNX Runtime for (with options); raises DeviceError when ``device`` cannot run."""
+    return provider_plan(device, gpu_mem_limit_bytes, threads)[0]
+
+
+def provider_plan(device: str, gpu_mem_limit_bytes: int | None = None, threads: int | None = None
+                  ) -> tuple[list[Any], str]:
+    """``requested_providers`` and the reason for its first entry (for the one log line)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    provider, why = choose_provider(device, available, CUDA in available and nvidia_driver_present())
+    if provider == CUDA:
+        device_id = parse_device(device)[1]  # 'cuda:N' picks GPU N
+        return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes, device_id)), CPU], why
+    if provider == OPENVINO:
+        # Alone: create_session forbids partial placement, so a graph runs wholly on OpenVINO or wholly on CPU.
+        return [(OPENVINO, openvino_provider_options(threads))], why
+    return [CPU], why
 
 
 def read_verified(path: Path, sha256: str) -> bytes:
@@ -165,27 +221,36 @@ def read_verified(path: Path, sha256: str) -> bytes:
 
 def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
                    threads: int | None = None):
-    """An InferenceSession for one verified model file, and the provider that actually runs it.
+    """An InferenceSession for one verified model file, and the provider that actually runs it."""
+    return session_from_bytes(read_verified(path, sha256), path.name, device, gpu_mem_limit_bytes, threads)
+
+
+def session_from_bytes(data: bytes, name: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
+                       threads: int | None = None):
+    """An InferenceSession for verified model bytes (``name`` labels messages), and the provider that runs it.
 
     ``get_available_providers`` only says a provider was compiled in; whether CUDA really initialised
-    (driver, libcudart, cuDNN present) shows only in the created session's ``get_providers``.
+    (driver, libcudart, cuDNN present) shows only in the created session's ``get_providers``. An OpenVINO
+    session must take the whole graph (CPU-EP fallback disabled); when it cannot, the graph runs on ONNX
+    Runtime's CPU provider and a warning names it and the reason.
     """
     import onnxruntime as ort
 
-    providers = requested_providers(device, gpu_mem_limit_bytes)
+    providers = requested_providers(device, gpu_mem_limit_bytes, threads)
+    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
     device = parse_device(device)[0]  # 'cuda:N' is 'cuda' for the checks below
-    data = read_verified(path, sha256)
     try:
-        session = ort.InferenceSession(data, sess_options=session_options(threads), providers=providers)
+        session = ort.InferenceSession(data, sess_options=session_options(threads, whole_graph=first == OPENVINO),
+                                       providers=providers)
     except Exception as exc:  # ORT raises several private exception types
         if is_out_of_memory(exc):
-            raise MemoryError(f"out of memory creating the ONNX Runtime session for {path.name}") from None
+            raise MemoryError(f"out of memory creating the ONNX Runtime session for {name}") from None
         if device == "cuda":
-            raise DeviceError(f"--device cuda: CUDA session for {path.name} failed ({_first_line(exc)})") from None
-        if providers[0] != CPU:
-            session = ort.InferenceSession(data, sess_options=session_options(threads), providers=[CPU])
-        else:
-            raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)})") from None
+            raise DeviceError(f"--device cuda: CUDA session for {name} failed ({_first_line(exc)})") from None
+        if first == CPU:
+            raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
+        session = session_from_bytes(data, name, "cpu", threads=threads)[0]
+        log.warning("%s: %s cannot run this graph (%s); it runs on %s", name, first, _first_line(exc), CPU)
     used = session.get_providers()[0]
     if device == "cuda" and used != CUDA:
         raise DeviceError(f"--device cuda: CUDA is not usable here (onnxruntime fell back to {used}); "

@@ -93,3 +93,18 @@ def test_gaussian_weights_and_tiles():
     assert tile_starts(10, 32, 0.5) == [0]
     padded, crop = pad_spatial(np.ones((1, 3, 5)), (4, 8))
     assert padded.shape == (1, 4, 8) and padded[(0,) + crop].sum() == 15
+
+
+def test_all_zero_slices_run_once_and_share_that_output():
+    seen = []
+
+    def affine(batch):  # a non-zero output for a zero input, so a wrong copy would show
+        seen.append(len(batch))
+        return 2.0 * batch[:, :1] + 0.25 + batch[:, 1:2].mean(axis=(2, 3), keepdims=True)
+
+    image = rng.random((2, 9, 16, 16), dtype=np.float32)
+    image[:, [0, 1, 7, 8]] = 0  # blank slices above and below
+    out = predict_volume(image, affine, "2d", (32, 32), (16, 16), batch_size=3)
+    assert sum(seen) == 6  # 5 slices with content + one blank
+    expected = np.stack([affine(image[:, z][None])[0, 0] for z in range(9)])
+    np.testing.assert_array_equal(out, expected)

@@ -1,3 +1,4 @@
+import numpy as np
 import onnxruntime as ort
 import pytest
 
@@ -69,3 +70,57 @@ def test_threads_respect_a_pids_limit(monkeypatch):
 def test_sessions_share_one_cpu_arena():
     assert sessions.shared_cpu_arena() is True
     assert sessions.session_options().get_session_config_entry("session.use_env_allocators") == "1"
+
+
+@pytest.mark.parametrize("device, available, driver, expected", [
+    ("auto", [sessions.CUDA, sessions.OPENVINO, sessions.CPU], True, sessions.CUDA),
+    ("auto", [sessions.CUDA, sessions.OPENVINO, sessions.CPU], False, sessions.OPENVINO),
+    ("auto", [sessions.OPENVINO, sessions.CPU], False, sessions.OPENVINO),
+    ("auto", [sessions.CUDA, sessions.CPU], False, sessions.CPU),
+    ("auto", [sessions.CPU], False, sessions.CPU),
+    ("cpu", [sessions.CUDA, sessions.OPENVINO, sessions.CPU], True, sessions.CPU),  # forces ORT's own CPU EP
+    ("openvino", [sessions.CUDA, sessions.OPENVINO, sessions.CPU], True, sessions.OPENVINO),
+    ("cuda", [sessions.CUDA, sessions.OPENVINO, sessions.CPU], True, sessions.CUDA),
+])
+def test_provider_order_cuda_then_openvino_then_cpu(device, available, driver, expected):
+    provider, why = sessions.choose_provider(device, available, driver)
+    assert provider == expected and why
+
+
+def test_openvino_refused_where_the_build_has_none():
+    with pytest.raises(DeviceError, match=r"no OpenVINO provider.*hieseg\[openvino\]"):
+        sessions.choose_provider("openvino", [sessions.CUDA, sessions.CPU], True)
+
+
+def test_openvino_request_is_float32_cpu_alone(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.OPENVINO, sessions.CPU])
+    providers = sessions.requested_providers("auto", threads=3)
+    assert len(providers) == 1  # no CPU entry: a graph runs wholly on OpenVINO or is refused (then CPU, logged)
+    name, options = providers[0]
+    assert name == sessions.OPENVINO
+    assert options["device_type"] == "CPU" and options["precision"] == "FP32" and options["num_of_threads"] == "3"
+    assert sessions.session_options(2, whole_graph=True).get_session_config_entry(
+        "session.disable_cpu_ep_fallback") == "1"
+
+
+def _sigmoid_then_det() -> bytes:
+    """(N, 4, 4) -> det(sigmoid(x)): OpenVINO 2025.4 has no Det, so it could take only part of this graph."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Det", ["s"], ["y"])],
+                              "sigmoid_det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_graph_openvino_cannot_take_runs_wholly_on_cpu_with_a_warning(monkeypatch, caplog):
+    if sessions.OPENVINO not in ort.get_available_providers():  # simulated: the request itself cannot be met
+        monkeypatch.setattr(ort, "get_available_providers", lambda: [sessions.OPENVINO, sessions.CPU])
+    with caplog.at_level("WARNING"):
+        session, used = sessions.session_from_bytes(_sigmoid_then_det(), "sigmoid_det.onnx", "openvino")
+    assert used == sessions.CPU
+    assert "sigmoid_det.onnx: OpenVINOExecutionProvider cannot run this graph" in caplog.text
+    x = np.random.default_rng(0).standard_normal((3, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], np.linalg.det(1 / (1 + np.exp(-x))), rtol=1e-4)
