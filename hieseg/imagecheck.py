@@ -87,7 +87,7 @@ def _metaimage_problem(path: Path, size: int) -> str | None:
     if source == "LOCAL":
         held = size - data_start
         if held == 0:
-            return (f"no pixel data: the file ends after its header"
+            return ("no pixel data: the file ends after its header"
                     + (f" (the header says {_plural(expected, 'byte')} follow)" if expected else ""))
         if expected and held < expected:
             return f"truncated data: the header says {_plural(expected, 'byte')} of pixel data, the file holds {held:,}"

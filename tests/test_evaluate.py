@@ -153,34 +153,31 @@ def test_different_shapes_fail_that_case_only(tmp_path):
     assert report["summary"]["overall"]["cases"] == 1
 
 
-def test_probability_map_counts_as_background_and_warns(tmp_path, caplog):
+def _score_prediction(tmp_path, caplog, prediction: np.ndarray) -> dict:
+    """The truth LESION against ``prediction`` written as is (its own pixel type), scored with warnings captured."""
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")
-    write_image(_mask(LESION).astype(np.float32) * 0.9, GEOMETRY, pred / "MGHNICU_001.mha")
+    write_image(prediction, GEOMETRY, pred / "MGHNICU_001.mha")
     with caplog.at_level(logging.WARNING):
-        row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+        return evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+
+
+def test_probability_map_counts_as_background_and_warns(tmp_path, caplog):
+    row = _score_prediction(tmp_path, caplog, _mask(LESION).astype(np.float32) * 0.9)
     assert row["dice"] == 0.0 and "threshold probability maps" in caplog.text
 
 
 def test_label_255_scores_like_the_scorer_and_warns(tmp_path, caplog):
     """The scorer's Dice counts each label on its own (LabelOverlapMeasuresImageFilter): a 0/255 copy of the 0/1
     truth scores Dice 0, while MASD and NSD, on the bool masks, are perfect."""
-    gt, pred = tmp_path / "gt", tmp_path / "pred"
-    write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")
-    write_image(_mask(LESION).astype(np.float32) * 255, GEOMETRY, pred / "MGHNICU_001.mha")
-    with caplog.at_level(logging.WARNING):
-        row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+    row = _score_prediction(tmp_path, caplog, _mask(LESION).astype(np.float32) * 255)
     assert (row["dice"], row["masd"], row["nsd"]) == (0.0, 0.0, 1.0)
     assert "labels 255" in caplog.text and "write 0/1 masks" in caplog.text
 
 
 def test_values_the_uint8_cast_wraps_to_zero_are_background_and_warn(tmp_path, caplog):
     """SimpleITK's cast to uint8 wraps modulo 256: a prediction holding 256 is empty for the scorer."""
-    gt, pred = tmp_path / "gt", tmp_path / "pred"
-    write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")
-    write_image(_mask(LESION).astype(np.int16) * 256, GEOMETRY, pred / "MGHNICU_001.mha")
-    with caplog.at_level(logging.WARNING):
-        row = evaluate_dirs(gt, pred, show_progress=False)["cases"][0]
+    row = _score_prediction(tmp_path, caplog, _mask(LESION).astype(np.int16) * 256)
     assert row["dice"] == 0.0 and row["nsd"] == 0.0 and math.isnan(row["masd"]) and row["pred_ml"] == 0.0
     assert "32 non-zero prediction voxels become 0" in caplog.text
 
