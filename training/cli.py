@@ -222,7 +222,7 @@ class Run:
                    for rule in T.RULES if rule != T.DEFAULT_RULE and len(folds) > 1}
         by_set = {}
         for members in T.candidates(pool) if len(folds) > 1 else []:
-            sub = T.Grid(*T.restrict(grid, members))
+            sub = T.restrict(grid, members)
             by_set["+".join(members)] = T.summarise(T.nested(sub, nsd_cache, log=lambda *_: None)["rows"])
         baseline = []
         for c in cases:

@@ -186,10 +186,10 @@ class Grid:
         return Choice(members, flips, weights, thr, MIN_COMPONENT_MM3[a], EMPTY_MAX_PROB[b], EMPTY_MIN_MM3[c])
 
 
-def restrict(grid: Grid, members: Sequence[str]) -> tuple:
-    """Grid fields limited to one member set (its own nested figure)."""
+def restrict(grid: Grid, members: Sequence[str]) -> Grid:
+    """The grid limited to one member set (its own nested figure)."""
     keep = [i for i, p in enumerate(grid.prefixes) if p[0] == tuple(members)]
-    return [grid.prefixes[i] for i in keep], grid.dice[keep], grid.cases, grid.flip_axes
+    return Grid([grid.prefixes[i] for i in keep], grid.dice[keep], grid.cases, grid.flip_axes)
 
 
 def score_grid(cases: list[CaseData], flip_axes: list[list[int]], members: Sequence[Sequence[str]] | None = None,
@@ -292,11 +292,10 @@ def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Ca
     finalists.sort(key=lambda f: (-round(f[0], 3), -f[1]))
     d, nsd, choice = finalists[0]
     dice = d + TTA_MIN_GAIN * choice.extra_passes
-    groups: dict[tuple, float] = {}
-    for p, (members, flips, _, _) in enumerate(grid.prefixes):
-        groups[(members, flips)] = max(groups.get((members, flips), -np.inf),
-                                       float(np.nanmax(np.where(np.isinf(flat[p]), np.nan, flat[p]))
-                                             + TTA_MIN_GAIN * passes[p]) if np.isfinite(flat[p]).any() else -np.inf)
+    best_per_prefix = np.max(np.where(np.isnan(mean), -np.inf, mean).reshape(len(grid.prefixes), -1), axis=1)
+    groups: dict[tuple, float] = {}  # best mean Dice (no TTA cost) of each member set and flip choice, reported
+    for (members, flips, _, _), best_p in zip(grid.prefixes, best_per_prefix):
+        groups[(members, flips)] = max(groups.get((members, flips), -np.inf), float(best_p))
     groups_scored = [{"members": list(k[0]), "tta_flips": {m: [grid.flip_axes[i] for i in f] for m, f in zip(*k)},
                       "best_mean_dice": v} for k, v in groups.items()]
     return {"choice": choice, "mean_dice": dice, "mean_nsd": nsd, "n_cases": len(on), "rule": rule,
