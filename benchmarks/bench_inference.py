@@ -129,10 +129,9 @@ def worker_torch(args: argparse.Namespace) -> dict:
 
     from hieseg import preprocess
     from hieseg.cases import find_cases
-    from hieseg.inferers import predict_volume, with_flips
+    from hieseg.ensemble import Runner, run_ensemble
     from hieseg.manifest import load_manifest
     from hieseg.validate import load_pair
-    from hieseg.ensemble import prep_key
     from training.export import load_net, net_from_onnx
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -162,28 +161,17 @@ def worker_torch(args: argparse.Namespace) -> dict:
                 return torch.sigmoid(net(torch.from_numpy(batch))).numpy()
         return run
 
+    # the runtime's own ensemble loop, with torch modules as the members' predictors
+    runners = [Runner(m, torch_fn(nets[m.name]), m.batch_size, "torch") for m in manifest.members]
     cases = [c for c in find_cases(args.data) if c.case_id in set(args.cases)]
-    total_weight = sum(m.weight for m in manifest.members)
     wall, per_member, parity = [], [], None
     for case in cases:
         adc, zadc, geometry = load_pair(case.adc, case.zadc)
         t = time.perf_counter()
         crop = preprocess.crop_to_brain(adc, geometry.spacing_zyx, manifest.crop_margin_mm)
-        fused = np.zeros(adc.shape, np.float32)
-        cache = {}  # as the runtime: the folds of one network share a preprocessed input
-        seconds = {}
-        for m in manifest.members:
-            key = prep_key(m)
-            if key not in cache:
-                cache[key] = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels, m.target_spacing_zyx,
-                                                crop)
-            prepared = cache[key]
-            fn = torch_fn(nets[m.name])
-            t_member = time.perf_counter()
-            prob = with_flips(prepared.image, lambda img: predict_volume(img, fn, m.kind, m.patch_size,
-                                                                         m.divisible_by, m.batch_size), m.tta_flips)
-            seconds[f"member:{m.name}"] = time.perf_counter() - t_member
-            fused += (m.weight / total_weight) * preprocess.restore(prob, prepared)
+        out = run_ensemble(runners, adc, zadc, geometry.spacing_zyx, crop)
+        fused = out.probability
+        seconds = {k: v for k, v in out.timings.items() if k.startswith("member:")}
         wall.append(time.perf_counter() - t)
         per_member.append(seconds)
         if parity is None:
@@ -355,7 +343,7 @@ def case_flops(args: argparse.Namespace) -> dict:
 
     from hieseg import preprocess
     from hieseg.cases import find_cases
-    from hieseg.ensemble import prep_key
+    from hieseg.ensemble import prepared_inputs
     from hieseg.manifest import load_manifest
     from hieseg.validate import load_pair
 
@@ -369,13 +357,8 @@ def case_flops(args: argparse.Namespace) -> dict:
         adc, zadc, geometry = load_pair(case.adc, case.zadc)
         crop = preprocess.crop_to_brain(adc, geometry.spacing_zyx, manifest.crop_margin_mm)
         totals: dict[str, int] = {}
-        prepared: dict[str, preprocess.Prepared] = {}
-        for m in manifest.members:
-            key = prep_key(m)
-            if key not in prepared:
-                prepared[key] = preprocess.prepare(adc, zadc, geometry.spacing_zyx, m.channels,
-                                                   m.target_spacing_zyx, crop)
-            for item_shape, count in forward_items(m, prepared[key].image):
+        for m, prepared, _ in prepared_inputs(manifest.members, adc, zadc, geometry.spacing_zyx, crop):
+            for item_shape, count in forward_items(m, prepared.image):
                 key = (signature[m.name], item_shape)
                 if key not in cache:
                     cache[key] = flops(m.path, item_shape)

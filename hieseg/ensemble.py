@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -105,6 +105,9 @@ class LoadedMember:
             return bound_runner(self.session, self.member.name, "cuda", self.device_id)
         return plain_runner(self.session, self.member.name)
 
+    def runner(self) -> "Runner":
+        return Runner(self.member, self.predict_fn(), self.batch_size, self.provider)
+
 
 def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
                  threads: int | None = None, share: bool | None = None) -> list[LoadedMember]:
@@ -166,54 +169,100 @@ def provider_summary(providers: dict[str, str]) -> str:
     return "; ".join(f"{provider} for {', '.join(names)}" for provider, names in sorted(by_provider.items()))
 
 
-def prep_key(member: Member) -> str:
-    return json.dumps([member.channels, member.target_spacing_zyx], sort_keys=True)
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 
-def member_probability(loaded: LoadedMember, prepared: preprocess.Prepared) -> np.ndarray:
-    """One member's TTA-averaged probabilities on its own grid (z, y, x)."""
-    m = loaded.member
-    fn = loaded.predict_fn()
-    return with_flips(prepared.image,
-                      lambda img: predict_volume(img, fn, m.kind, m.patch_size, m.divisible_by, loaded.batch_size),
-                      m.tta_flips)
+@dataclass(frozen=True)
+class Runner:
+    """One member ready to run: its manifest entry (channels, spacing, tiling, flips, weight), a predictor
+    ``batch -> probabilities`` (an ONNX Runtime session, a torch module, anything) and the items per pass."""
+
+    member: Member
+    predict: Predictor
+    batch_size: int
+    provider: str = ""
+
+
+@dataclass
+class EnsembleOutput:
+    """The fused probability map (float32, native grid) and the seconds each step took; with ``keep_flips``,
+    also every member's map per TTA flip on the native grid (the training OOF stage tunes the flips on them)."""
+
+    probability: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    per_flip: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def member_probability(runner: Runner, image: np.ndarray,
+                       flips: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """One member's probabilities on its own grid (z, y, x) for its prepared image (C, z, y, x), averaged over
+    ``flips`` (default: the member's TTA flips)."""
+    m = runner.member
+    flips = m.tta_flips if flips is None else flips
+    return with_flips(image, lambda img: predict_volume(img, runner.predict, m.kind, m.patch_size, m.divisible_by,
+                                                        runner.batch_size), flips)
+
+
+def prepared_inputs(members: Sequence[Member], adc: np.ndarray, zadc: np.ndarray, spacing_zyx: Sequence[float],
+                    crop: tuple[slice, slice, slice],
+                    run_spacing_zyx: Sequence[float | None] = (None, None, None),
+                    ) -> Iterator[tuple[Member, preprocess.Prepared, float]]:
+    """``(member, its prepared input, seconds spent preparing it)`` in order; members with the same channels and
+    spacing (e.g. the folds of one network) share one preprocessed input, computed when first needed.
+    ``run_spacing_zyx`` (the domain guard's) replaces the native spacing on the axes a member takes natively."""
+    cache: dict[str, preprocess.Prepared] = {}
+    for m in members:
+        t0 = time.perf_counter()
+        key = json.dumps([m.channels, m.target_spacing_zyx], sort_keys=True)
+        if key not in cache:
+            target = member_spacing(m.target_spacing_zyx, run_spacing_zyx)
+            cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, target, crop)
+        yield m, cache[key], time.perf_counter() - t0
 
 
 def run_ensemble(
-    members: Sequence[LoadedMember],
+    runners: Sequence[Runner],
     adc: np.ndarray,
     zadc: np.ndarray,
     spacing_zyx: Sequence[float],
     crop: tuple[slice, slice, slice],
-    timings: dict[str, float] | None = None,
     run_spacing_zyx: Sequence[float | None] = (None, None, None),
-) -> np.ndarray:
+    keep_flips: bool = False,
+) -> EnsembleOutput:
     """Weighted mean of the members' probabilities, each restored to the native grid (float32, z, y, x).
 
-    Members run one after another and are summed as they finish, so peak memory is one member's. Members with
-    the same channels and spacing (e.g. the folds of one network) share one preprocessed input.
-    ``run_spacing_zyx`` (the domain guard's) replaces the native spacing on the axes a member takes natively.
+    The one ensemble loop: the runtime (ONNX Runtime sessions), the training OOF stage and the torch-eager
+    benchmark all call it with their own predictors. Members run one after another and are summed as they
+    finish, so peak memory is one member's (plus, with ``keep_flips``, the per-flip maps kept).
     """
-    timings = {} if timings is None else timings
+    timings: dict[str, float] = {}
+    per_flip: dict[str, list[np.ndarray]] = {}
     fused = np.zeros(adc.shape, dtype=np.float32)
-    total_weight = sum(m.member.weight for m in members)
-    cache: dict[str, preprocess.Prepared] = {}
-    for loaded in members:
-        m = loaded.member
-        t0 = time.perf_counter()
-        key = prep_key(m)
-        if key not in cache:
-            target = member_spacing(m.target_spacing_zyx, run_spacing_zyx)
-            cache[key] = preprocess.prepare(adc, zadc, spacing_zyx, m.channels, target, crop)
-        prepared = cache[key]
+    total_weight = sum(r.member.weight for r in runners)
+    inputs = prepared_inputs([r.member for r in runners], adc, zadc, spacing_zyx, crop, run_spacing_zyx)
+    for runner, (m, prepared, prep_s) in zip(runners, inputs):
         t1 = time.perf_counter()
-        prob = member_probability(loaded, prepared)
-        t2 = time.perf_counter()
+        if keep_flips:
+            flips = [preprocess.resample_linear(member_probability(runner, prepared.image, [f]),
+                                                prepared.crop_shape) for f in (m.tta_flips or [()])]
+            per_flip[m.name] = [_on_native_grid(f, prepared) for f in flips]
+            t2 = time.perf_counter()
+            restored = np.mean(flips, axis=0) if len(flips) > 1 else flips[0]
+        else:
+            prob = member_probability(runner, prepared.image)
+            t2 = time.perf_counter()
+            restored = preprocess.resample_linear(prob, prepared.crop_shape)
         # Added inside the crop only (restore() is zero outside it): no full-size temporaries on large grids.
-        fused[prepared.crop] += (m.weight / total_weight) * preprocess.resample_linear(prob, prepared.crop_shape)
+        fused[prepared.crop] += (m.weight / total_weight) * restored
         t3 = time.perf_counter()
-        timings["preprocess"] = timings.get("preprocess", 0.0) + (t1 - t0)
+        timings["preprocess"] = timings.get("preprocess", 0.0) + prep_s
         timings[f"member:{m.name}"] = t2 - t1
         timings["fuse"] = timings.get("fuse", 0.0) + (t3 - t2)
-        log.debug("member %s on %s: %.2f s", m.name, loaded.provider, t2 - t1)
-    return fused
+        log.debug("member %s on %s: %.2f s", m.name, runner.provider, t2 - t1)
+    return EnsembleOutput(fused, timings, per_flip)
+
+
+def _on_native_grid(prob_crop: np.ndarray, prepared: preprocess.Prepared) -> np.ndarray:
+    out = np.zeros(prepared.native_shape, dtype=np.float32)
+    out[prepared.crop] = prob_crop
+    return out

@@ -72,7 +72,10 @@ class Segmenter:
         if guard is None:
             guard = domain.check_case(adc, zadc, spacing, self.manifest.domain)
         crop = preprocess.crop_to_brain(adc, spacing, self.manifest.crop_margin_mm)
-        return run_ensemble(self.members, adc, zadc, spacing, crop, timings, guard.run_spacing_zyx)
+        out = run_ensemble([m.runner() for m in self.members], adc, zadc, spacing, crop, guard.run_spacing_zyx)
+        if timings is not None:
+            timings.update(out.timings)
+        return out.probability
 
     def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry,
                               timings: dict[str, float] | None = None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -28,32 +28,45 @@ def component_sizes(mask: np.ndarray) -> np.ndarray:
     return label_components(mask[brain_bbox(mask, (0, 0, 0))])[1]
 
 
-def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    if min_voxels <= 1 or not mask.any():
-        return mask
-    box = brain_bbox(mask, (0, 0, 0))  # components cannot reach outside the mask's bounding box
-    labels, sizes = label_components(mask[box])
-    keep = sizes >= min_voxels
-    keep[0] = False
-    out = np.zeros(mask.shape, dtype=bool)
-    out[box] = keep[labels]
-    return out
+def keep_components(sizes: np.ndarray, peak: float, voxel_mm3: float, min_component_mm3: Any,
+                    empty_max_probability_below: Any = 0.0, empty_min_lesion_mm3: Any = 0.0) -> np.ndarray:
+    """Which thresholded components the post-processing rule keeps: the one definition of the rule.
+
+    ``sizes``: the components' voxel counts (n,); ``peak``: the case's peak probability in the brain. A component
+    is kept when it has at least ``min_component_mm3`` (a minimum of one voxel or less keeps all), unless the case
+    is called lesion-free: peak below ``empty_max_probability_below``, or less than ``empty_min_lesion_mm3`` kept
+    in all (0 disables either rule). The rule parameters may be arrays: the result broadcasts them against the
+    components, shape (*parameters, n), so the tuner scores a whole grid of rules in one call.
+    """
+    sizes = np.asarray(sizes, dtype=float)
+    min_voxels = np.asarray(min_component_mm3, dtype=float)[..., None] / voxel_mm3
+    keep = (sizes >= min_voxels) | (min_voxels <= 1)
+    empty_peak = np.asarray(empty_max_probability_below, dtype=float)[..., None]
+    empty_volume = np.asarray(empty_min_lesion_mm3, dtype=float)[..., None]
+    kept_mm3 = (keep * sizes).sum(-1, keepdims=True) * voxel_mm3
+    empty = ((empty_peak > 0) & (peak < empty_peak)) | ((empty_volume > 0) & (kept_mm3 < empty_volume))
+    return keep & ~empty
 
 
 def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], fusion: Fusion) -> np.ndarray:
-    """Binary lesion mask (bool) from fused probabilities on the native grid.
-
-    Case-level rule first: when the peak probability inside the brain is below ``empty_max_probability_below``,
-    or the lesion volume left after the component filter is below ``empty_min_lesion_mm3``, the case is called
-    lesion-free and the mask is empty (a lesion-free case scores only when the mask is completely empty).
-    """
+    """Binary lesion mask (bool) from fused probabilities on the native grid: threshold inside the brain, then
+    the components ``keep_components`` keeps (component filter and case-level empty rule; a lesion-free case
+    scores only when the mask is completely empty)."""
     voxel_mm3 = float(np.prod(spacing_zyx))
     # Probabilities outside the brain count as 0 (no full-size masked copy: large grids stay within memory).
     peak = float(np.max(prob, where=brain, initial=0.0))
-    if fusion.empty_max_probability_below > 0 and peak < fusion.empty_max_probability_below:
-        return np.zeros(prob.shape, dtype=bool)
     mask = np.where(brain, prob >= fusion.threshold, 0.0 >= fusion.threshold)
-    mask = remove_small_components(mask, fusion.min_component_mm3 / voxel_mm3)
-    if fusion.empty_min_lesion_mm3 > 0 and mask.sum() * voxel_mm3 < fusion.empty_min_lesion_mm3:
-        return np.zeros(prob.shape, dtype=bool)
-    return mask
+    if not mask.any():
+        return mask
+    if fusion.min_component_mm3 / voxel_mm3 <= 1 and fusion.empty_min_lesion_mm3 <= 0:
+        # no rule needs the components: skip labelling them
+        empty = fusion.empty_max_probability_below > 0 and peak < fusion.empty_max_probability_below
+        return np.zeros(prob.shape, dtype=bool) if empty else mask
+    box = brain_bbox(mask, (0, 0, 0))  # components cannot reach outside the mask's bounding box
+    labels, sizes = label_components(mask[box])
+    keep = np.concatenate([[False], keep_components(sizes[1:], peak, voxel_mm3, fusion.min_component_mm3,
+                                                    fusion.empty_max_probability_below,
+                                                    fusion.empty_min_lesion_mm3)])
+    out = np.zeros(prob.shape, dtype=bool)
+    out[box] = keep[labels]
+    return out

@@ -67,7 +67,7 @@ def test_fusion_is_the_weighted_mean_of_restored_members(tmp_path):
                             "CPUExecutionProvider") for m in manifest.members]
     p = make_phantom()
     crop = preprocess.crop_to_brain(p.adc, p.geometry.spacing_zyx, 8.0)
-    fused = run_ensemble(members, p.adc, p.zadc, p.geometry.spacing_zyx, crop)
+    fused = run_ensemble([m.runner() for m in members], p.adc, p.zadc, p.geometry.spacing_zyx, crop).probability
     z01 = (np.clip(p.zadc.astype(np.float64), -10, 10) + 10) / 20
     a01 = np.clip(p.adc.astype(np.float64), 0, 3400) / 3400
     expected = (3 * _sigmoid(-20 * (z01 - 0.4)) + _sigmoid(5 * (a01 - 0.3))) / 4

@@ -46,7 +46,7 @@ def _manifest():
 def _prepare(case, member):
     from training.train import prepare_case
 
-    return prepare_case(case, list(member.channels), list(member.target_spacing_zyx))
+    return prepare_case(case, list(member.channels), list(member.target_spacing_zyx), 8.0)
 
 
 def _spec(member):
@@ -107,7 +107,7 @@ def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
             m.running_var.uniform_(0.5, 2.0)
     path = tmp_path / f"{base}.onnx"
     export_onnx(net, spec["kind"], len(channels), path)
-    image = prepare_case(real_case, channels, spec["target_spacing_zyx"]).image
+    image = prepare_case(real_case, channels, spec["target_spacing_zyx"], config.CROP_MARGIN_MM).image
     diff = parity(net, path, image, spec)
     assert diff <= PARITY_TOL, f"max |ORT - torch| = {diff:.2e}"
     import onnxruntime as ort
@@ -116,3 +116,43 @@ def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     assert len(inp.shape) == (5 if spec["kind"] == "3d" else 4)
     assert all(isinstance(d, str) for d in inp.shape[:1] + inp.shape[2:]), inp.shape  # dynamic batch + spatial
+
+
+def test_one_ensemble_loop_for_onnx_and_torch_predictors(real_case):
+    """The runtime's ensemble loop (hieseg.ensemble.run_ensemble) run twice on a real case with the same weights:
+    once with ONNX Runtime sessions as the predictors (as the runtime and the OOF stage run it), once with torch
+    modules (as training validation, the cv stage and the torch-eager benchmark run it). Fused maps and the
+    per-flip maps the OOF stage keeps agree within the export parity tolerance."""
+    from dataclasses import replace
+
+    from hieseg import preprocess
+    from hieseg.ensemble import Runner, plain_runner, run_ensemble
+    from hieseg.sessions import create_session
+    from training.export import PARITY_TOL, net_from_onnx
+    from training.train import torch_predictor
+
+    manifest, raw = _manifest()
+    trained = raw["provenance"].get("training", {}).get("members", {})
+    # one fold of each network, both TTA passes, so tiling, flips, restoring and weighting are all exercised
+    members = [replace(m, tta_flips=((), (2,))) for m in manifest.members if m.name.endswith("_f0")]
+    if not members or any(m.name.rsplit("_f", 1)[0] not in trained for m in members):
+        pytest.skip("the shipped members are not networks of the training package")
+    onnx_runners, torch_runners = [], []
+    for m in members:
+        session, provider = create_session(m.path, m.sha256, "cpu", None, 2)
+        onnx_runners.append(Runner(m, plain_runner(session, m.name), m.batch_size, provider))
+        net = net_from_onnx(m.path, m.kind, len(m.channels), trained[m.name.rsplit("_f", 1)[0]]["arch"])
+        torch_runners.append(Runner(m, torch_predictor(net), m.batch_size, "torch"))
+    c = real_case
+    crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, manifest.crop_margin_mm)
+    ort_out = run_ensemble(onnx_runners, c.adc, c.zadc, c.spacing_zyx, crop, keep_flips=True)
+    torch_out = run_ensemble(torch_runners, c.adc, c.zadc, c.spacing_zyx, crop, keep_flips=True)
+    assert ort_out.probability.shape == c.adc.shape and ort_out.probability.max() > 0.5  # the case has lesions
+    assert np.abs(ort_out.probability - torch_out.probability).max() <= PARITY_TOL
+    for m in members:
+        assert len(ort_out.per_flip[m.name]) == 2
+        for a, b in zip(ort_out.per_flip[m.name], torch_out.per_flip[m.name]):
+            assert np.abs(a - b).max() <= PARITY_TOL
+    # keep_flips changes what is returned, not the fused map: the runtime's path gives the same probabilities
+    plain = run_ensemble(onnx_runners, c.adc, c.zadc, c.spacing_zyx, crop)
+    np.testing.assert_allclose(plain.probability, ort_out.probability, atol=1e-6)

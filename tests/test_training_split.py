@@ -22,9 +22,9 @@ SPLITS = REPO / "training" / "splits.json"
 
 
 def _stratum(burden: float) -> str:
-    """empty: no label voxel; <1%: below 1% of the brain; 1-5%: 1% to 5% inclusive; >5%: above."""
+    """none: no label voxel; <1%: below 1% of the brain; 1-5%: 1% to 5% inclusive; >5%: above."""
     if burden == 0:
-        return "empty"
+        return "none"
     return "<1%" if burden < 0.01 else "1-5%" if burden <= 0.05 else ">5%"
 
 
@@ -56,7 +56,7 @@ def test_split_is_a_partition_of_the_40_cases(split, burdens):
 
 def test_committed_strata_are_the_data_s(split, burdens):
     assert split["strata"] == {c: _stratum(b) for c, b in burdens.items()}
-    assert Counter(split["strata"].values()) == {"empty": 3, "<1%": 23, "1-5%": 6, ">5%": 8}
+    assert Counter(split["strata"].values()) == {"none": 3, "<1%": 23, "1-5%": 6, ">5%": 8}
 
 
 def test_make_split_reproduces_the_committed_file(split, burdens):
@@ -67,11 +67,11 @@ def test_make_split_reproduces_the_committed_file(split, burdens):
 
 def test_split_spreads_strata(split, burdens):
     strata = {c: _stratum(b) for c, b in burdens.items()}
-    empty_folds = [k for k, f in enumerate(split["folds"]) for c in f if strata[c] == "empty"]
+    empty_folds = [k for k, f in enumerate(split["folds"]) for c in f if strata[c] == "none"]
     assert len(empty_folds) == 3 and len(set(empty_folds)) == 3
     total = Counter(strata.values())
     for fold in split["folds"]:
         counts = Counter(strata[c] for c in fold)
         for name, n in total.items():
-            if name != "empty":  # each stratum within one case of an even share
+            if name != "none":  # each stratum within one case of an even share
                 assert abs(counts[name] - n / 5) <= 1, (name, counts)

@@ -63,6 +63,14 @@ def quick(members: dict) -> dict:
     return out
 
 
+def member_entry(spec: dict, channels: list[dict], tta_flips, weight: float) -> dict:
+    """How the runtime runs a member (its manifest entry without name and file): one place for training's
+    torch inference (train.as_member) and the exported manifest (export.py)."""
+    return {"kind": spec["kind"], "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
+            "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
+            "batch_size": spec["infer_batch"], "tta_flips": tta_flips, "weight": weight}
+
+
 def brain_stats(cases) -> dict:
     """Mean / std of ADC and Z-ADC over brain voxels (ADC > 0) of the given cases."""
     adc = np.concatenate([c.adc[c.adc > 0] for c in cases])

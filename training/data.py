@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 
 from hieseg.manifest import sha256_file
+from hieseg.metrics import STRATA, burden_stratum
 
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
 CACHE = REPO / ".cache" / "data"
 DATA_ROOT_NAME = "BONBID2023_Train"
 SPLITS = Path(__file__).resolve().parent / "splits.json"
-STRATA = ("empty", "<1%", "1-5%", ">5%")
 
 
 def ensure_data(tarball: Path = TARBALL, cache: Path = CACHE, verify: bool = True) -> Path:
@@ -82,29 +82,19 @@ def load_cases(root: Path, ids: list[str] | None = None) -> dict[str, RawCase]:
     return out
 
 
-def stratum(burden: float) -> str:
-    if burden <= 0:
-        return "empty"
-    if burden < 0.01:
-        return "<1%"
-    if burden <= 0.05:
-        return "1-5%"
-    return ">5%"
-
-
 def make_split(burdens: dict[str, float], n_folds: int = 5) -> dict:
-    """Stratified folds: cases ordered by stratum (empty, <1%, 1-5%, >5%) and by burden within it are dealt
+    """Stratified folds: cases ordered by stratum (hieseg.metrics.STRATA) and by burden within it are dealt
     round-robin, so fold sizes differ by at most one and every fold spans the burden range (the empty cases
     land in different folds)."""
     folds: list[list[str]] = [[] for _ in range(n_folds)]
-    order = sorted(burdens, key=lambda c: (STRATA.index(stratum(burdens[c])), burdens[c], c))
+    order = sorted(burdens, key=lambda c: (STRATA.index(burden_stratum(burdens[c])), burdens[c], c))
     for i, cid in enumerate(order):
         folds[i % n_folds].append(cid)
     return {
         "n_folds": n_folds,
-        "stratified_by": "lesion burden (label voxels / brain voxels, brain = ADC > 0): empty, <1%, 1-5%, >5%",
+        "stratified_by": "lesion burden (label voxels / brain voxels, brain = ADC > 0): none, <1%, 1-5%, >5%",
         "folds": [sorted(f) for f in folds],
-        "strata": {cid: stratum(b) for cid, b in sorted(burdens.items())},
+        "strata": {cid: burden_stratum(b) for cid, b in sorted(burdens.items())},
     }
 
 

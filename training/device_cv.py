@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .data import REPO, RawCase, load_split, make_split
+from .data import REPO, RawCase
+from .study import load_study, make_config
 
 PACK = REPO / ".gpu" / "cases.npz"
 GPU_WORKDIR = REPO / "training" / "runs" / "gpu"
 BUNDLE = "gpu_cv_weights.pt"
 PART_BYTES = 15 * 2**20  # the device returns files of at most 16 MiB
-QUICK_CASES = ["MGHNICU_438", "MGHNICU_447"]
 
 
 def log(msg: str) -> None:
@@ -51,19 +51,17 @@ def pack(out: Path = PACK, quick: bool = False) -> Path:
     is the identity), as float32 / uint8 arrays in one compressed npz, with the statistics and the split."""
     from hieseg import preprocess
 
-    from .data import ensure_data, load_cases
-
-    cases = load_cases(ensure_data(), QUICK_CASES if quick else None)
-    split = (make_split({c: cases[c].burden for c in QUICK_CASES}, n_folds=2) if quick else load_split())
+    study = load_study(make_config(quick=quick))
+    cases, margin = study.cases, study.config.crop_margin_mm
     arrays: dict[str, np.ndarray] = {}
     for cid, c in cases.items():
-        crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, config.CROP_MARGIN_MM)
+        crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, margin)
         arrays[f"{cid}__adc"] = c.adc[crop].astype(np.float32)
         arrays[f"{cid}__zadc"] = c.zadc[crop].astype(np.float32)
         arrays[f"{cid}__label"] = c.label[crop].astype(np.uint8)
         arrays[f"{cid}__spacing"] = np.asarray(c.spacing_zyx, dtype=np.float64)
-    meta = {"case_ids": sorted(cases), "split": split, "stats": config.brain_stats(list(cases.values())),
-            "quick": quick}
+    meta = {"case_ids": sorted(cases), "split": study.split, "stats": study.stats, "quick": quick,
+            "crop_margin_mm": margin}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -85,10 +83,7 @@ def load_pack(path: Path) -> tuple[dict, dict[str, RawCase]]:
 
 def gpu_members(quick: bool) -> dict:
     """The members with the GPU schedule (batch, iterations) in place of the CPU one."""
-    members = config.quick(config.MEMBERS) if quick else config.MEMBERS
-    if quick:
-        return members
-    return {n: {**m, **config.GPU_SCHEDULE[n]} for n, m in members.items()}
+    return make_config(quick=quick, gpu=True).members
 
 
 def worker(data: Path, workdir: Path, name: str, fold: int, device: str, budget_s: float, loss: str,
@@ -106,8 +101,10 @@ def worker(data: Path, workdir: Path, name: str, fold: int, device: str, budget_
     channels = config.channel_specs(spec["sources"], intensity, {k: tuple(v) for k, v in meta["stats"].items()})
     folds = meta["split"]["folds"]
     train_ids = [c for f, ids in enumerate(folds) if f != fold for c in ids]
-    train = [prepare_case(cases[c], channels, spec["target_spacing_zyx"]) for c in train_ids]
-    val = [prepare_case(cases[c], channels, spec["target_spacing_zyx"]) for c in folds[fold]]
+    # the pack holds crops already: cropping again with the same margin is the identity
+    margin = meta.get("crop_margin_mm", config.CROP_MARGIN_MM)
+    train = [prepare_case(cases[c], channels, spec["target_spacing_zyx"], margin) for c in train_ids]
+    val = [prepare_case(cases[c], channels, spec["target_spacing_zyx"], margin) for c in folds[fold]]
     eval_every = max(int(spec["iterations"]) // 10, 1)
     # all workers start their clocks together, so each one's timed steps see the whole machine's load
     ready = workdir / "ready"

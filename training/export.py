@@ -16,9 +16,9 @@ from hieseg.manifest import sha256_file
 
 from . import config
 from .domain import training_domain
-from .config import CROP_MARGIN_MM, TTA_FLIPS
 from .data import REPO, TARBALL
 from .nets import WithSigmoid, build
+from .study import TrainingError
 
 PARITY_TOL = 1e-4
 
@@ -119,25 +119,6 @@ def _round(obj, nd=4):
     return obj
 
 
-def _training_command(run) -> str:
-    """The one command that reproduces this run's networks and manifest (its workdir's settings included)."""
-    a = run.args
-    parts = ["python -m training all"] + (["--quick"] if run.quick else [])
-    if a.workdir:
-        parts += ["--workdir", str(Path(a.workdir))]
-    if a.loss != config.DEFAULT_LOSS:
-        parts += ["--loss", a.loss]
-    if a.intensity != config.DEFAULT_INTENSITY:
-        parts += ["--intensity", a.intensity]
-    if a.iterations:
-        parts += ["--iterations", ",".join(f"{k}={v}" for k, v in a.iterations.items())]
-    if getattr(a, "gpu", False):
-        parts = ["training/device_cv.sh run (on a lent GPU; see training/README.md), then"] + parts + ["--gpu"]
-    for d in getattr(a, "compare", None) or []:
-        parts += ["--compare", str(d)]
-    return " ".join(parts)
-
-
 def _previous_export(model_dir: Path) -> dict:
     """What the model folder's current manifest says of its networks (sha256, parity, checkpoints, training)."""
     path = model_dir / "manifest.json"
@@ -148,31 +129,33 @@ def _previous_export(model_dir: Path) -> dict:
             "checkpoints": prov.get("torch_checkpoint_sha256", {}), "training": prov.get("training")}
 
 
-def export_all(run, tuning: dict, log=print) -> dict:
+def export_all(study, tuning: dict, log=print) -> dict:
+    """The shipped choice of ``tuning`` as ONNX networks (parity-checked against torch) and model/manifest.json."""
     from hieseg.io import write_json
     from hieseg.manifest import load_manifest
 
     folds = tuning["folds"]
-    ship = getattr(run.args, "ship_folds", None) or ([folds[0]] if run.quick else None)
+    cfg = study.config
+    ship = cfg.ship_folds or ([folds[0]] if cfg.quick else None)
     if ship:
         missing = [k for k in ship if k not in folds]
         if missing:
-            raise SystemExit(f"--ship-folds {missing}: not finished")
+            raise TrainingError(f"--ship-folds {missing}: not finished")
         folds = sorted(ship)
     from .model_card import DATA_PAPER, DEFAULT_INTENDED_USE, DEFAULT_LICENSE
     from .provenance import check_clean_tree
 
-    tree = check_clean_tree(getattr(run.args, "allow_dirty", False) or run.quick)
+    tree = check_clean_tree(cfg.allow_dirty or cfg.quick)
     fusion = tuning["fusion"]
-    model_dir: Path = run.model_dir
+    model_dir: Path = cfg.model_dir
     model_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_export(model_dir)
-    sources = run.pool_sources()
+    sources = study.pool_sources()
     members, parities, checkpoints, reused, trained = [], {}, {}, [], {}
     for pool_name in fusion["members"]:
         name, label = pool_name.split("@", 1)
-        spec, weight = run.members[name], fusion["weights"][pool_name]
-        channels = run.channels(name)
+        spec, weight = study.members[name], fusion["weights"][pool_name]
+        channels = study.channels(name)
         runs = []
         for k in folds:
             fname = f"{name}_f{k}.onnx"
@@ -183,13 +166,13 @@ def export_all(run, tuning: dict, log=print) -> dict:
                              "batch": state.get("spec", spec)["batch"], "device": state.get("device", "cpu")})
                 net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
                 export_onnx(net, spec["kind"], len(channels), model_dir / fname)
-                sample = run.samples(name, [run.folds[k][0]])[0]
+                sample = study.samples(name, [study.folds[k][0]])[0]
                 diff = parity(net, model_dir / fname, sample.image, spec)
                 parities[fname] = diff
                 checkpoints[fname] = sha256_file(ckpt)
                 log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id} ({pool_name})")
                 if diff > PARITY_TOL:
-                    raise SystemExit(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
+                    raise TrainingError(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
             elif fname in previous["sha256"] and sha256_file(model_dir / fname) == previous["sha256"][fname]:
                 # checkpoint gone (e.g. a new machine): keep the network exported from it, bytes verified
                 parities[fname] = previous["parity"].get(fname)
@@ -197,13 +180,10 @@ def export_all(run, tuning: dict, log=print) -> dict:
                 reused.append(fname)
                 log(f"  {fname}: no checkpoint; keeping the exported network (sha256 as in the manifest)")
             else:
-                raise SystemExit(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
-            members.append({
-                "name": f"{name}_f{k}", "file": fname, "sha256": sha256_file(model_dir / fname), "kind": spec["kind"],
-                "channels": channels, "target_spacing_zyx": spec["target_spacing_zyx"],
-                "patch_size": spec["patch_size"], "divisible_by": spec["divisible_by"],
-                "batch_size": spec["infer_batch"], "tta_flips": fusion["tta_flips"][pool_name],
-                "weight": round(weight / len(folds), 6)})
+                raise TrainingError(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
+            members.append({"name": f"{name}_f{k}", "file": fname, "sha256": sha256_file(model_dir / fname),
+                            **config.member_entry(spec, channels, fusion["tta_flips"][pool_name],
+                                                  round(weight / len(folds), 6))})
         trained[name] = {"source": pool_name, "workdir": tuning.get("sources", {}).get(label, label),
                          "folds": runs or "kept from the earlier export (see previous_training)",
                          **{k: v for k, v in spec.items() if k not in ("iterations", "batch")}}
@@ -212,23 +192,23 @@ def export_all(run, tuning: dict, log=print) -> dict:
         if old.name not in shipped:
             old.unlink()
     complete = len(tuning["folds"]) == tuning["n_folds_total"]
-    n_cases = sum(len(run.folds[k]) for k in tuning["folds"])
+    n_cases = sum(len(study.folds[k]) for k in tuning["folds"])
     status = (f"final: all {tuning['n_folds_total']} folds cross-validated, fusion tuned on all {n_cases} "
               f"out-of-fold predictions; shipped networks of fold(s) {folds}" if complete else
               f"interim: fold(s) {tuning['folds']} only, fusion tuned and scored on their {n_cases} validation "
               f"cases; shipped networks of fold(s) {folds}")
-    if run.quick:
+    if cfg.quick:
         status = "quick (CI smoke run): a few iterations on 2 cases; not a real model"
     scores = tuning["scores"]
     manifest = {
         "schema_version": 1,
         "name": "hieseg-bonbid",
-        "version": ("quick" if run.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
+        "version": ("quick" if cfg.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
         "license": DEFAULT_LICENSE,
         "intended_use": DEFAULT_INTENDED_USE,
         "references": [DATA_PAPER],
-        "preprocessing": {"crop_margin_mm": CROP_MARGIN_MM},
-        "domain": training_domain(run.cases.values()),
+        "preprocessing": {"crop_margin_mm": cfg.crop_margin_mm},
+        "domain": training_domain(study.cases.values()),
         "members": members,
         "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
                    "empty_case": {"max_probability_below": fusion["empty_max_probability_below"],
@@ -236,15 +216,15 @@ def export_all(run, tuning: dict, log=print) -> dict:
         "provenance": _round({
             "status": status,
             # networks kept from an earlier export keep the record of the run that trained them
-            "training": {**git_commit(), "command": _training_command(run), "loss": run.args.loss,
-                         "intensity": run.args.intensity, "torch": torch.__version__, "members": trained,
+            "training": {**git_commit(), "command": cfg.command(), "loss": cfg.loss,
+                         "intensity": cfg.intensity, "torch": torch.__version__, "members": trained,
                          "previous_training": previous["training"] if reused else None},
             "manifest_written": {**git_commit(), "tree": tree,
                                  "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
                                  "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
-            "data": {"tarball": TARBALL.name, "tarball_sha256": sha256_file(TARBALL), "n_cases": len(run.cases),
-                     "split": "training/splits.json" if not run.quick else "quick: 2 cases, 2 folds",
+            "data": {"tarball": TARBALL.name, "tarball_sha256": sha256_file(TARBALL), "n_cases": len(study.cases),
+                     "split": "training/splits.json" if not cfg.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {
                 "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). ensemble: nested, "

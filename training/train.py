@@ -10,15 +10,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from hieseg import preprocess
-from hieseg.inferers import predict_volume, with_flips
+from hieseg.ensemble import Runner, member_probability
+from hieseg.manifest import Member
 
-from .config import CKPT_EVERY, CROP_MARGIN_MM, TTA_FLIPS
+from . import config
+from .config import CKPT_EVERY, TTA_FLIPS
 from .data import RawCase
 from .nets import build
 
@@ -31,9 +34,9 @@ class Sample:
     prepared: preprocess.Prepared
 
 
-def prepare_case(case: RawCase, channels: list[dict], target_spacing) -> Sample:
+def prepare_case(case: RawCase, channels: list[dict], target_spacing, crop_margin_mm: float) -> Sample:
     """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid."""
-    crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, CROP_MARGIN_MM)
+    crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
     prep = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, channels, target_spacing, crop)
     label = preprocess.resample_mask(case.label[crop], prep.image.shape[1:])
     return Sample(case.case_id, prep.image, label, prep)
@@ -208,19 +211,22 @@ class Loss:
 # ---------------------------------------------------------------- inference (mimics the runtime)
 
 
-def torch_predict_fn(net: torch.nn.Module, device: str | torch.device = "cpu"):
+def torch_predictor(net: torch.nn.Module, device: str | torch.device = "cpu") -> Callable[[np.ndarray], np.ndarray]:
+    """``batch -> probabilities`` of a torch network: the predictor the runtime's ensemble loop runs."""
     def fn(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return torch.sigmoid(net(torch.from_numpy(batch).to(device))).float().cpu().numpy()
     return fn
 
 
-def member_probability(net: torch.nn.Module, image: np.ndarray, spec: dict, flips=TTA_FLIPS,
-                       device: str | torch.device = "cpu") -> np.ndarray:
-    """Probabilities at the member's spacing, through hieseg's own tiling / padding / flip-TTA code."""
-    fn = torch_predict_fn(net, device)
-    return with_flips(image, lambda img: predict_volume(img, fn, spec["kind"], spec["patch_size"],
-                                                        spec["divisible_by"], spec["infer_batch"]), flips)
+def as_member(name: str, spec: dict, channels: list[dict], tta_flips=TTA_FLIPS, weight: float = 1.0) -> Member:
+    """The runtime's description of a member spec (what export writes to the manifest, minus the file), so that
+    training runs its networks through hieseg.ensemble exactly as the runtime will."""
+    e = config.member_entry(spec, channels, tta_flips, weight)
+    return Member(name=name, path=Path(), sha256="", kind=e["kind"], channels=tuple(e["channels"]),
+                  target_spacing_zyx=tuple(e["target_spacing_zyx"]), patch_size=tuple(e["patch_size"]),
+                  divisible_by=tuple(e["divisible_by"]), batch_size=e["batch_size"],
+                  tta_flips=tuple(tuple(f) for f in e["tta_flips"]), weight=e["weight"])
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -327,7 +333,8 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
                 plan["iterations"] = it
         if it % eval_every == 0 or it == plan["iterations"]:
             net.eval()
-            vd = [_dice(member_probability(net, s.image, spec, flips=[[]], device=dev) >= 0.5, s.label) for s in val]
+            runner = Runner(as_member(out_dir.parent.name, spec, []), torch_predictor(net, dev), spec["infer_batch"])
+            vd = [_dice(member_probability(runner, s.image, [()]) >= 0.5, s.label) for s in val]
             net.train()
             curve["iteration"].append(it)
             curve["train_loss"].append(float(torch.stack(running).mean()) if running else float("nan"))

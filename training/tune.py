@@ -159,19 +159,16 @@ def component_table(prob: np.ndarray, truth_in_crop: np.ndarray, brain: np.ndarr
 
 
 def post_dice(maxp: float, sizes: np.ndarray, overlaps: np.ndarray, n_truth: int, vox: float) -> np.ndarray:
-    """Dice for every (min component, empty peak, empty volume) of the grid, shape (6, 9, 5) — what
-    ``hieseg.postprocess.postprocess`` followed by the challenge's Dice gives, vectorised."""
-    mins = np.asarray(MIN_COMPONENT_MM3) / vox
-    keep = (sizes[None, :] >= mins[:, None]) | (mins[:, None] <= 1)
-    pred = (keep * sizes[None, :]).sum(1).astype(float)  # (6,)
-    inter = (keep * overlaps[None, :]).sum(1).astype(float)
-    ep = np.asarray(EMPTY_MAX_PROB)
-    ev = np.asarray(EMPTY_MIN_MM3)
-    empty = ((ep > 0) & (maxp < ep))[None, :, None] | ((ev[None, :] > 0) & (pred[:, None] * vox < ev[None, :]))[:, None, :]
-    pred3 = np.where(empty, 0.0, pred[:, None, None])
-    inter3 = np.where(empty, 0.0, inter[:, None, None])
-    den = n_truth + pred3
-    return np.where(den == 0, 1.0, 2.0 * inter3 / np.maximum(den, 1))
+    """Dice for every (min component, empty peak, empty volume) of the grid, shape (6, 9, 5): the runtime's rule
+    (``hieseg.postprocess.keep_components``, broadcast over the grid) followed by the challenge's Dice."""
+    from hieseg.postprocess import keep_components
+
+    keep = keep_components(sizes, maxp, vox, np.asarray(MIN_COMPONENT_MM3)[:, None, None],
+                           np.asarray(EMPTY_MAX_PROB)[None, :, None], np.asarray(EMPTY_MIN_MM3)[None, None, :])
+    pred = (keep * sizes).sum(-1).astype(float)
+    inter = (keep * overlaps).sum(-1).astype(float)
+    den = n_truth + pred
+    return np.where(den == 0, 1.0, 2.0 * inter / np.maximum(den, 1))
 
 
 @dataclass
