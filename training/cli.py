@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=lambda s: {k: int(v) for k, v in (kv.split("=") for kv in s.split(","))},
                    help="MEMBER=N[,...]: training iterations instead of config.MEMBERS' (use an own --workdir), "
                         "e.g. unet3d=2000")
+    p.add_argument("--hard-negatives", type=float, metavar="FRACTION",
+                   help="centre this share of the training patches on voxels where Z-ADC < -2 fires outside the "
+                        "lesions (precision-oriented sampling; use an own --workdir), e.g. 0.33")
     p.add_argument("--gpu", action="store_true",
                    help="the workdir holds networks trained on a lent GPU (python -m training.device_cv unpack): "
                         "config.GPU_SCHEDULE, OOF/tune/export/report run here as usual")
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             if not stages:
                 return 0
         cfg = make_config(quick=args.quick, workdir=args.workdir, model_dir=args.model_dir, members=args.members,
-                          gpu=args.gpu, iterations=args.iterations, loss=args.loss, intensity=args.intensity,
+                          gpu=args.gpu, iterations=args.iterations,
+                          hard_negative_fraction=args.hard_negatives, loss=args.loss, intensity=args.intensity,
                           folds=args.folds, ship_folds=args.ship_folds, compare=args.compare,
                           allow_dirty=args.allow_dirty, threads=args.threads)
         open_workdir(cfg, fresh="cv" in stages)

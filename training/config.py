@@ -78,12 +78,17 @@ def brain_stats(cases) -> dict:
     return {"adc": (float(adc.mean()), float(adc.std())), "zadc": (float(zadc.mean()), float(zadc.std()))}
 
 
+# The classic rule as a channel: Z-ADC < -2 inside the brain (the "prior" input; hard negatives are where it fires
+# outside the lesions).
+ZADC_RULE = {"source": "zadc", "transform": {"type": "below", "threshold": -2.0}}
+
+
 def channel_specs(sources: list[str], intensity: str, stats: dict) -> list[dict]:
     """Manifest channel entries (hieseg.preprocess transforms) for a member's sources."""
     specs = []
     for src in sources:
         if src == "prior":
-            specs.append({"source": "zadc", "transform": {"type": "below", "threshold": -2.0}})
+            specs.append(copy.deepcopy(ZADC_RULE))
         elif intensity == "sparseg":
             low, high = (0.0, 3400.0) if src == "adc" else (-10.0, 10.0)
             specs.append({"source": src, "transform": {"type": "clip_scale", "low": low, "high": high}})

@@ -34,6 +34,7 @@ class TrainConfig:
     quick: bool = False
     schedule: str = "cpu"  # "gpu": networks trained on a lent GPU (config.GPU_SCHEDULE)
     iterations: dict[str, int] = field(default_factory=dict)  # overrides of config.MEMBERS' iterations
+    hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
     folds: list[int] | None = None  # cv / tune only these folds
     ship_folds: list[int] | None = None  # export only these folds' networks
     compare: tuple[Path, ...] = ()  # other workdirs whose OOF predictions compete in the tuning
@@ -47,6 +48,8 @@ class TrainConfig:
             out["iterations"] = self.iterations
         if self.schedule == "gpu":
             out["schedule"] = "gpu"
+        if self.hard_negative_fraction:
+            out["hard_negative_fraction"] = self.hard_negative_fraction
         return out
 
     def command(self) -> str:
@@ -61,6 +64,10 @@ class TrainConfig:
             parts += ["--intensity", self.intensity]
         if self.iterations:
             parts += ["--iterations", ",".join(f"{k}={v}" for k, v in self.iterations.items())]
+        if len(self.members) < len(config.MEMBERS):
+            parts += ["--members", ",".join(self.members)]
+        if self.hard_negative_fraction:
+            parts += ["--hard-negatives", str(self.hard_negative_fraction)]
         if self.schedule == "gpu":
             parts = ["training/device_cv.sh run (on a lent GPU; see training/README.md), then"] + parts + ["--gpu"]
         for d in self.compare:
@@ -70,7 +77,7 @@ class TrainConfig:
 
 def make_config(*, quick: bool = False, workdir: str | Path | None = None, model_dir: str | Path | None = None,
                 members: list[str] | None = None, gpu: bool = False, iterations: dict[str, int] | None = None,
-                **settings: Any) -> TrainConfig:
+                hard_negative_fraction: float | None = None, **settings: Any) -> TrainConfig:
     """A run's configuration from the CLI's choices: config.MEMBERS (or the quick schedule), restricted to
     ``members``, with the GPU schedule or ``iterations`` applied; default folders under training/runs/."""
     specs = config.quick(config.MEMBERS) if quick else config.MEMBERS
@@ -86,10 +93,14 @@ def make_config(*, quick: bool = False, workdir: str | Path | None = None, model
         if unknown:
             raise TrainingError(f"--iterations: unknown member(s) {sorted(unknown)}")
         specs = {n: {**m, "iterations": iterations.get(n, m["iterations"])} for n, m in specs.items()}
+    if hard_negative_fraction:
+        if not 0 < hard_negative_fraction < 1 - 1 / 3:
+            raise TrainingError(f"--hard-negatives {hard_negative_fraction}: a share of the patches in (0, 2/3)")
+        specs = {n: {**m, "hard_negative_fraction": hard_negative_fraction} for n, m in specs.items()}
     wd = Path(workdir) if workdir else REPO / "training" / "runs" / ("quick" if quick else "cv")
     md = Path(model_dir) if model_dir else (wd / "model" if quick else REPO / "model")
     return TrainConfig(members=specs, workdir=wd, model_dir=md, quick=quick, schedule="gpu" if gpu else "cpu",
-                       iterations=dict(iterations or {}),
+                       iterations=dict(iterations or {}), hard_negative_fraction=hard_negative_fraction or 0.0,
                        **{k: (tuple(Path(d) for d in v) if k == "compare" else v)
                           for k, v in settings.items() if v is not None})
 

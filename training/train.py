@@ -32,14 +32,17 @@ class Sample:
     image: np.ndarray  # (C, z, y, x) at the member's spacing
     label: np.ndarray  # (z, y, x) bool at the member's spacing
     prepared: preprocess.Prepared
+    confounders: np.ndarray  # (z, y, x) bool: Z-ADC < -2 in the brain but not lesion (the rule's false positives)
 
 
 def prepare_case(case: RawCase, channels: list[dict], target_spacing, crop_margin_mm: float) -> Sample:
-    """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid."""
+    """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid and the
+    rule's false positives there (for hard-negative sampling; from the training case's own label only)."""
     crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
     prep = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, channels, target_spacing, crop)
     label = preprocess.resample_mask(case.label[crop], prep.image.shape[1:])
-    return Sample(case.case_id, prep.image, label, prep)
+    rule = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, [config.ZADC_RULE], target_spacing, crop)
+    return Sample(case.case_id, prep.image, label, prep, (rule.image[0] > 0.5) & ~label)
 
 
 # ---------------------------------------------------------------- sampling
@@ -56,33 +59,46 @@ def _pad_to(image: np.ndarray, label: np.ndarray, patch) -> tuple[np.ndarray, np
 
 
 class Sampler:
-    """Random patches (3d) or slice crops (2d); a third of them centred on a lesion voxel (nnU-Net style)."""
+    """Random patches (3d) or slice crops (2d); a third of them centred on a lesion voxel (nnU-Net style) and,
+    with ``hard_negative_fraction``, that share centred on a voxel where the Z-ADC < -2 rule fires outside the
+    lesions (the low-ADC look-alikes behind most false-positive components)."""
 
-    def __init__(self, samples: list[Sample], kind: str, patch, rng: np.random.Generator, fg_fraction: float = 1 / 3):
+    def __init__(self, samples: list[Sample], kind: str, patch, rng: np.random.Generator, fg_fraction: float = 1 / 3,
+                 hard_negative_fraction: float = 0.0):
         self.kind, self.patch, self.rng, self.fg = kind, list(patch), rng, fg_fraction
+        self.hn = hard_negative_fraction
         self.items = []
         for s in samples:
-            img, lab = s.image, s.label
-            if kind == "2d":
-                img, lab = _pad_to(img, lab, self.patch)
-            else:
-                img, lab = _pad_to(img, lab, self.patch)
+            img, lab = _pad_to(s.image, s.label, self.patch)
             fg = np.argwhere(lab)
+            neg = np.argwhere(_pad_to(s.image[:1], s.confounders, self.patch)[1]) if self.hn > 0 else fg[:0]
             brain_slices = np.flatnonzero(np.abs(img[0]).reshape(img.shape[1], -1).max(axis=1) > 0)
-            self.items.append((img, lab, fg, brain_slices))
+            self.items.append((img, lab, fg, neg, brain_slices))
 
     def _corner(self, shape, centre):
         return [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, self.patch, shape)]
 
+    def _centre_pool(self, fg: np.ndarray, neg: np.ndarray) -> np.ndarray | None:
+        """Voxels to centre the next patch on (lesion or hard negative), or None for a random patch. Without hard
+        negatives the random draws are exactly those of the plain sampler (resumed runs stay reproducible)."""
+        if len(fg) == 0 and (self.hn <= 0 or len(neg) == 0):
+            return None
+        r = self.rng.random()
+        if len(fg) > 0 and r < self.fg:
+            return fg
+        if self.hn > 0 and len(neg) > 0 and self.fg <= r < self.fg + self.hn:
+            return neg
+        return None
+
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for _ in range(size):
-            img, lab, fg, brain_slices = self.items[self.rng.integers(len(self.items))]
-            use_fg = len(fg) > 0 and self.rng.random() < self.fg
+            img, lab, fg, neg, brain_slices = self.items[self.rng.integers(len(self.items))]
+            pool = self._centre_pool(fg, neg)
             if self.kind == "3d":
                 shape = lab.shape
-                if use_fg:
-                    centre = fg[self.rng.integers(len(fg))]
+                if pool is not None:
+                    centre = pool[self.rng.integers(len(pool))]
                 else:
                     centre = [self.rng.integers(n) for n in shape]
                 c = self._corner(shape, centre)
@@ -90,11 +106,11 @@ class Sampler:
                 xs.append(img[(slice(None),) + sl])
                 ys.append(lab[sl][None])
             else:
-                if use_fg:
-                    z, y, x = fg[self.rng.integers(len(fg))]
+                if pool is not None:
+                    z, y, x = pool[self.rng.integers(len(pool))]
                 else:
-                    pool = brain_slices if len(brain_slices) else np.arange(lab.shape[0])
-                    z = pool[self.rng.integers(len(pool))]
+                    slices = brain_slices if len(brain_slices) else np.arange(lab.shape[0])
+                    z = slices[self.rng.integers(len(slices))]
                     y, x = self.rng.integers(lab.shape[1]), self.rng.integers(lab.shape[2])
                 c = self._corner(lab.shape[1:], (y, x))
                 sl = (slice(c[0], c[0] + self.patch[0]), slice(c[1], c[1] + self.patch[1]))
@@ -293,7 +309,8 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
         start, curve = state["iteration"], state["curve"]
         plan["iterations"] = state.get("planned_iterations", plan["iterations"])
         log(f"  resumed {out_dir.name} at iteration {start}/{plan['iterations']}")
-    sampler = Sampler(train, spec["kind"], spec["train_patch"], rng)
+    sampler = Sampler(train, spec["kind"], spec["train_patch"], rng,
+                      hard_negative_fraction=spec.get("hard_negative_fraction", 0.0))
     loss_fn = Loss(loss_name, plan["iterations"])
     n_int = sum(1 for s in spec["sources"] if s != "prior")
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
