@@ -3,7 +3,6 @@ a checkpoint every CKPT_EVERY iterations that a restarted run resumes from exact
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -259,6 +258,41 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def memory_format(kind: str, channels_last: bool) -> torch.memory_format:
+    """The memory order of a member's weights and batches: channels-last (NHWC / NDHWC) or torch's default."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last_3d if kind == "3d" else torch.channels_last
+
+
+def compiled(net: torch.nn.Module) -> torch.nn.Module:
+    """``net`` through torch.compile (Inductor). The compiled wrapper shares the parameters; checkpoints, validation
+    and export keep using ``net`` itself, so its state_dict keys and eager behaviour are unchanged."""
+    return torch.compile(net)
+
+
+def next_batch(sampler: Sampler, size: int, n_intensity: int, gen: torch.Generator, dev: torch.device,
+               fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented training batch on ``dev``, the images in ``fmt`` memory order."""
+    x, y = sampler.batch(size)
+    x, y = augment(torch.from_numpy(x), torch.from_numpy(y), n_intensity, gen)
+    return x.to(dev, memory_format=fmt, non_blocking=True), y.to(dev, non_blocking=True)
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn, x: torch.Tensor, y: torch.Tensor,
+               iteration: int, amp: bool) -> torch.Tensor:
+    """One optimisation step; returns the detached loss. With ``amp`` the forward pass runs in bfloat16 autocast;
+    the loss, the gradients and the weights stay float32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(x)
+    loss = loss_fn(logits.float(), y, iteration)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+    opt.step()
+    return loss.detach()
+
+
 # A time-budgeted run times its steps from WARMUP_ITERATIONS on (cudnn autotuning, other processes still starting)
 # and fits its schedule at each FIT_AT iteration: the later fit sees the steady-state rate.
 WARMUP_ITERATIONS = 20
@@ -267,14 +301,20 @@ FIT_AT = (60, 300)
 
 def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Path, loss_name: str,
                  seed: int, log=print, device: str = "cpu", amp: bool = False, eval_every: int = CKPT_EVERY,
-                 time_budget_s: float | None = None) -> torch.nn.Module:
+                 time_budget_s: float | None = None, channels_last: bool = False,
+                 torch_compile: bool = False) -> torch.nn.Module:
     """Train (or resume) one member; returns the final network. ``out_dir`` holds last.pt, final.pt, curve.json.
 
     ``device``/``amp``: where the steps run and whether the forward pass runs in bfloat16 autocast (the loss and
     the weights stay float32, so the exported ONNX is float32 as on the CPU). ``time_budget_s``: at each FIT_AT
     iteration the schedule is shortened, if needed, so that the run ends within the budget (a lent GPU's minutes
     are fixed; a cut-off cosine would leave the network at a high learning rate); past 97 % of it the run stops.
-    The iterations actually run are recorded in final.pt's spec and in the curve."""
+    The iterations actually run are recorded in final.pt's spec and in the curve.
+
+    ``channels_last``: weights and batches in channels-last memory order (faster oneDNN convolutions on a CPU,
+    benchmarks/train_speed.py); ``torch_compile``: the training forward/backward through torch.compile. Neither changes
+    the arithmetic's definition nor the checkpoints: final.pt holds plain contiguous float32 tensors under the
+    network's own parameter names, loadable into a freshly built network as before."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final.pt"
     dev = torch.device(device)
@@ -313,24 +353,17 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
                       hard_negative_fraction=spec.get("hard_negative_fraction", 0.0))
     loss_fn = Loss(loss_name, plan["iterations"])
     n_int = sum(1 for s in spec["sources"] if s != "prior")
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    fmt = memory_format(spec["kind"], channels_last)
+    net = net.to(memory_format=fmt)
+    step_net = compiled(net) if torch_compile else net
     net.train()
     running, t0, t_begin = [], time.time(), time.time()
     t_warm = None
     it = start
     while it < plan["iterations"]:
-        x, y = sampler.batch(spec["batch"])
-        x, y = augment(torch.from_numpy(x), torch.from_numpy(y), n_int, gen)
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        with autocast():
-            logits = net(x)
-        loss = loss_fn(logits.float(), y, it)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-        opt.step()
+        x, y = next_batch(sampler, spec["batch"], n_int, gen, dev, fmt)
+        running.append(train_step(step_net, opt, loss_fn, x, y, it, amp))
         sched.step()
-        running.append(loss.detach())
         it += 1
         if budgeted:
             now = time.time()
@@ -365,7 +398,7 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
                           "planned_iterations": plan["iterations"], "curve": curve}, last)
     net.eval()
     (out_dir / "curve.json").write_text(json.dumps(curve) + "\n")
-    cpu_state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    cpu_state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     _atomic_save({"net": cpu_state, "spec": {**spec, "iterations": plan["iterations"]}, "loss": loss_name,
-                  "curve": curve, "device": str(dev), "amp": amp}, final)
+                  "curve": curve, "device": str(dev), "amp": amp, "channels_last": channels_last}, final)
     return net

@@ -1,0 +1,113 @@
+"""The CPU training speed-ups (bf16 autocast, channels-last memory order) change neither the arithmetic beyond bf16
+rounding nor what is saved: on real prepared cases, a channels-last float32 step equals the default step, a bf16 +
+channels-last step stays within bf16 tolerance of it, and a checkpoint trained that way loads into a freshly built
+network and exports to a float32 ONNX that passes the export parity gate.
+
+Needs the training environment (torch + MONAI) and the real cases; skips otherwise (fails in CI without the cases).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from realdata import skip_unless_ci
+
+torch = pytest.importorskip("torch", reason="training environment (torch) not installed: see training/setup.sh")
+pytest.importorskip("monai", reason="training environment (MONAI) not installed: see training/setup.sh")
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the training package lives at the repo root, beside hieseg/
+    sys.path.insert(0, str(REPO))
+TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
+CASES = ["MGHNICU_438", "MGHNICU_447"]  # lesion burden 1-5 % and < 1 %
+# bfloat16 keeps 8 significant bits (one rounding <= 2^-9 relative); the loss is a mean over the batch's ~10^5
+# voxels, so the roundings of the forward pass largely average out (observed: ~1e-4 relative on both members).
+# 1 % leaves a wide margin and still catches a wrong dtype or memory order (tens of percent, or NaN).
+BF16_RTOL = 1e-2
+# channels-last alone is the same float32 arithmetic summed in another order (observed: <1e-4 relative; the second
+# step also carries the first AdamW update, whose size hardly depends on the gradient's magnitude)
+FP32_RTOL = 5e-4
+
+
+@pytest.fixture(scope="module")
+def real_cases():
+    if not TARBALL.is_file() and not (REPO / ".cache" / "data" / "BONBID2023_Train").is_dir():
+        skip_unless_ci("real cases not available (../shared/data)")
+    from training.data import ensure_data, load_cases
+
+    return load_cases(ensure_data(), CASES)
+
+
+def _samples(cases, base):
+    from training import config
+    from training.train import prepare_case
+
+    spec = config.MEMBERS[base]
+    channels = config.channel_specs(spec["sources"], config.DEFAULT_INTENSITY, config.brain_stats(list(cases.values())))
+    return spec, [prepare_case(c, channels, spec["target_spacing_zyx"]) for c in cases.values()]
+
+
+def _two_steps(spec, samples, amp, channels_last):
+    """The first two losses of train_member's step on the same seeded batches."""
+    from training import config
+    from training.nets import build
+    from training.train import Loss, Sampler, memory_format, next_batch, train_step
+
+    torch.manual_seed(0)
+    fmt = memory_format(spec["kind"], channels_last)
+    net = build(spec["kind"], samples[0].image.shape[0], spec["arch"]).to(memory_format=fmt).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=spec["lr"], weight_decay=1e-4)
+    sampler = Sampler(samples, spec["kind"], spec["train_patch"], np.random.default_rng(3))
+    gen = torch.Generator().manual_seed(3)
+    loss_fn = Loss(config.DEFAULT_LOSS, 100)
+    n_int = sum(1 for s in spec["sources"] if s != "prior")
+    losses = []
+    for it in range(2):
+        x, y = next_batch(sampler, spec["batch"], n_int, gen, torch.device("cpu"), fmt)
+        assert x.is_contiguous(memory_format=fmt)
+        losses.append(float(train_step(net, opt, loss_fn, x, y, it, amp)))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("base", ["unet3d", "unetpp2d"])
+def test_fast_cpu_steps_match_the_float32_step(real_cases, base):
+    spec, samples = _samples(real_cases, base)
+    ref = _two_steps(spec, samples, amp=False, channels_last=False)
+    assert np.all(np.isfinite(ref)) and np.all(ref > 0)
+    cl = _two_steps(spec, samples, amp=False, channels_last=True)
+    np.testing.assert_allclose(cl, ref, rtol=FP32_RTOL, err_msg="channels-last float32 step")
+    fast = _two_steps(spec, samples, amp=True, channels_last=True)
+    np.testing.assert_allclose(fast, ref, rtol=BF16_RTOL, err_msg="bf16 + channels-last step")
+
+
+@pytest.mark.parametrize("base", ["unet3d", "unetpp2d"])
+def test_channels_last_checkpoint_loads_plain_and_exports(real_cases, tmp_path, base):
+    from training.export import PARITY_TOL, export_onnx, load_net, parity
+    from training.train import train_member
+
+    spec, samples = _samples(real_cases, base)
+    spec = {**spec, "iterations": 2, "batch": 2}
+    trained = train_member(spec, samples, [], tmp_path / "run", "dicefocal", seed=0, log=lambda m: None,
+                           amp=True, channels_last=True)
+    saved = torch.load(tmp_path / "run" / "final.pt", map_location="cpu")
+    assert saved["channels_last"] is True
+    assert all(t.is_contiguous() for t in saved["net"].values())  # plain tensors, as a default run writes
+    net = load_net(tmp_path / "run" / "final.pt", spec["kind"], len(samples[0].image), spec["arch"])  # strict load
+    from hieseg.inferers import pad_spatial, padded_shape
+
+    image = samples[0].image
+    batch = np.ascontiguousarray(image[None] if spec["kind"] == "3d" else np.moveaxis(image, 1, 0))
+    batch = torch.from_numpy(pad_spatial(batch, padded_shape(batch.shape[2:], spec["divisible_by"]))[0])
+    with torch.no_grad():
+        # probabilities, as the parity gate compares them: the channels-last net sums in another order
+        np.testing.assert_allclose(torch.sigmoid(net(batch)).numpy(), torch.sigmoid(trained(batch)).numpy(),
+                                   rtol=0, atol=PARITY_TOL)
+    path = tmp_path / f"{base}.onnx"
+    export_onnx(net, spec["kind"], len(image), path)
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    diff = parity(net, path, image, spec)
+    assert diff <= PARITY_TOL, f"max |ORT - torch| = {diff:.2e}"
