@@ -35,6 +35,7 @@ class TrainConfig:
     schedule: str = "cpu"  # "gpu": networks trained on a lent GPU (config.GPU_SCHEDULE)
     iterations: dict[str, int] = field(default_factory=dict)  # overrides of config.MEMBERS' iterations
     hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
+    bf16: bool = False  # CPU fast path: bfloat16 autocast forward + channels-last (benchmarks/train_speed.py)
     folds: list[int] | None = None  # cv / tune only these folds
     ship_folds: list[int] | None = None  # export only these folds' networks
     compare: tuple[Path, ...] = ()  # other workdirs whose OOF predictions compete in the tuning
@@ -50,6 +51,8 @@ class TrainConfig:
             out["schedule"] = "gpu"
         if self.hard_negative_fraction:
             out["hard_negative_fraction"] = self.hard_negative_fraction
+        if self.bf16:
+            out["precision"] = "bf16+channels_last"
         return out
 
     def command(self) -> str:
@@ -68,6 +71,8 @@ class TrainConfig:
             parts += ["--members", ",".join(self.members)]
         if self.hard_negative_fraction:
             parts += ["--hard-negatives", str(self.hard_negative_fraction)]
+        if self.bf16:
+            parts += ["--bf16"]
         if self.schedule == "gpu":
             parts = ["training/device_cv.sh run (on a lent GPU; see training/README.md), then"] + parts + ["--gpu"]
         for d in self.compare:
