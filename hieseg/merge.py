@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
+from .outputs import summary_path
 from .report import write_summary_csv
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def merge_summaries(paths: Sequence[Path], output: Path, expected: Sequence[str]
 
 def run_merge(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.summaries]
-    output = args.output or (paths[0] if paths[0].is_dir() else paths[0].parent) / "summary.csv"
+    output = args.output or summary_path(paths[0] if paths[0].is_dir() else paths[0].parent)
     expected = None
     if args.expect is not None:
         from .cli import collect_input_cases

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .manifest import Fusion
+from .manifest import MaskRule
 from .preprocess import brain_bbox
 
 # Full (26-)connectivity: on these anisotropic grids, lesion voxels touching only at an edge are still one lesion.
@@ -40,7 +40,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     return out
 
 
-def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], fusion: Fusion) -> np.ndarray:
+def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], rule: MaskRule) -> np.ndarray:
     """Binary lesion mask (bool) from fused probabilities on the native grid.
 
     Case-level rule first: when the peak probability inside the brain is below ``empty_max_probability_below``,
@@ -50,10 +50,10 @@ def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float
     voxel_mm3 = float(np.prod(spacing_zyx))
     # Probabilities outside the brain count as 0 (no full-size masked copy: large grids stay within memory).
     peak = float(np.max(prob, where=brain, initial=0.0))
-    if fusion.empty_max_probability_below > 0 and peak < fusion.empty_max_probability_below:
+    if rule.empty_max_probability_below > 0 and peak < rule.empty_max_probability_below:
         return np.zeros(prob.shape, dtype=bool)
-    mask = np.where(brain, prob >= fusion.threshold, 0.0 >= fusion.threshold)
-    mask = remove_small_components(mask, fusion.min_component_mm3 / voxel_mm3)
-    if fusion.empty_min_lesion_mm3 > 0 and mask.sum() * voxel_mm3 < fusion.empty_min_lesion_mm3:
+    mask = np.where(brain, prob >= rule.threshold, 0.0 >= rule.threshold)
+    mask = remove_small_components(mask, rule.min_component_mm3 / voxel_mm3)
+    if rule.empty_min_lesion_mm3 > 0 and mask.sum() * voxel_mm3 < rule.empty_min_lesion_mm3:
         return np.zeros(prob.shape, dtype=bool)
     return mask

@@ -74,10 +74,10 @@ class Choice:
         return sum(len(f) - 1 for f in self.flips)
 
     def fusion(self):
-        from hieseg.manifest import Fusion
+        from hieseg.manifest import MaskRule
 
-        return Fusion(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
-                      self.empty_min_lesion_mm3)
+        return MaskRule(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
+                        self.empty_min_lesion_mm3)
 
     def describe(self, flip_axes: Sequence[Sequence[int]]) -> dict:
         return {"members": list(self.members), "weights": dict(zip(self.members, self.weights)),
