@@ -1,8 +1,8 @@
 """Finding cases in the input layouts hieseg understands, and naming their outputs.
 
 Layouts:
-- Grand Challenge: ``IN/images/skull-stripped-adc-brain-mri/<one file>`` and ``IN/images/z-score-adc/<one file>``,
-  or the folders that ``IN/inputs.json`` lists for the two sockets (see gc_interface).
+- Grand Challenge: one file in each of the two input sockets' folders, ``IN/<GC_ADC_DIR>/`` and ``IN/<GC_ZADC_DIR>/``,
+  or in the folders that ``IN/inputs.json`` lists for the two sockets (gc_interface names both).
 - BONBID release: ``IN/1ADC_ss/MGHNICU_<id>-VISIT_01-ADC_ss.<ext>`` with
   ``IN/2Z_ADC/Zmap_MGHNICU_<id>-VISIT_01-ADC_smooth2mm_clipped10.<ext>``.
 - An explicit pair given on the command line.

@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
-from .outputs import summary_path
+from .outputs import SHARD_SUMMARY, summary_path
 from .report import write_summary_csv
 
 log = logging.getLogger(__name__)
 
-SHARD_SUMMARY = re.compile(r"summary_(\d+)of(\d+)\.csv")
 
 
 def shard_files(paths: Sequence[Path]) -> list[Path]:

@@ -13,6 +13,7 @@ Two layouts:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ REPORTS_DIR = "reports"
 PROBABILITIES_DIR = "probabilities"
 QC_DIR = "qc"
 SUMMARY_NAME = "summary.csv"
+SHARD_SUMMARY = re.compile(r"summary_(\d+)of(\d+)\.csv")  # summary_path's name for shard K of N
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,4 @@ def case_outputs(case: Case, out: Path, mask_format: str = "mha", probability: b
 def summary_path(out: Path, shard: str | None = None) -> Path:
     """The run's summary CSV: ``summary.csv``, or ``summary_KofN.csv`` for shard ``K/N`` (``hieseg merge`` joins
     those)."""
-    if not shard:
-        return out / SUMMARY_NAME
-    stem, suffix = SUMMARY_NAME.rsplit(".", 1)
-    return out / f"{stem}_{shard.replace('/', 'of')}.{suffix}"
+    return out / (f"summary_{shard.replace('/', 'of')}.csv" if shard else SUMMARY_NAME)
