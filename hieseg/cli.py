@@ -131,7 +131,7 @@ def run_predict(args: argparse.Namespace) -> int:
         write_summary_csv(rows, summary_path(out, shard_spec))
     log.info("%d case(s) in %.1f s: %d ok, %d failed%s%s", len(cases), time.perf_counter() - t_start,
              len(cases) - len(failures), len(failures), f" ({', '.join(failures)})" if failures else "",
-             f"; {skipped} skipped: already done" if args.resume else "")
+             f" ({skipped} skipped: already done)" if args.resume else "")
     return 1 if failures else 0
 
 
@@ -146,15 +146,20 @@ def _finished_cases(cases: list[Case], outputs: dict[str, CaseOutputs], manifest
     return done
 
 
+def is_bug(exc: BaseException) -> bool:
+    """Neither ours (bad input, model, device, output) nor the system's (memory, files): a bug in hieseg."""
+    return not isinstance(exc, (HiesegError, MemoryError, OSError))
+
+
 def describe_failure(exc: BaseException) -> str:
-    """One line for a failure: ours and the system's (memory, files) in their own words, anything else named as
-    unexpected (a bug: its traceback is logged at -v)."""
+    """One line for a failure: ours and the system's in their own words, a bug named as unexpected (its traceback
+    is logged at -v)."""
     if isinstance(exc, MemoryError):
         detail = str(exc).strip()
         return f"{detail or 'out of memory'} (the memory limit is too small for this case)"
     text = str(exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    if isinstance(exc, (HiesegError, OSError)):
+    if not is_bug(exc):
         return line
     log.debug("traceback", exc_info=exc)
     return f"unexpected {type(exc).__name__}: {line}"
@@ -231,8 +236,7 @@ def _run(func, args: argparse.Namespace) -> int:
         log.error("interrupted")
         return 130
     except Exception as exc:  # noqa: BLE001 - the user gets one line; -v shows the traceback of a bug
-        message = describe_failure(exc)
-        log.error("%s%s", message, " (run with -v for the traceback)" if message.startswith("unexpected ") else "")
+        log.error("%s%s", describe_failure(exc), " (run with -v for the traceback)" if is_bug(exc) else "")
         return 1
 
 
