@@ -75,7 +75,8 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
     from hieseg import sessions
     from hieseg.cases import find_cases
     from hieseg.ensemble import load_members
-    from hieseg.pipeline import Segmenter, write_case_outputs
+    from hieseg.outputs import case_outputs
+    from hieseg.pipeline import Segmenter
 
     if naive:
         sessions._shared_arena = False
@@ -93,7 +94,7 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
             if naive:
                 segmenter = Segmenter(args.model, args.worker_device, threads=args.threads)
             result = segmenter.segment_case(case)
-            report = write_case_outputs(result, out / f"{case.output_stem}.mha", out / f"{case.case_id}.json")
+            report = segmenter.write_outputs(result, case_outputs(case, out))
             wall.append(time.perf_counter() - t)
             per_case.append({"case_id": case.case_id, "shape_zyx": list(result.geometry.shape_zyx),
                              "seconds": report["seconds"]})
@@ -101,7 +102,7 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
         if cases and not naive:
             t = time.perf_counter()
             result = segmenter.segment_case(cases[0])
-            write_case_outputs(result, out / f"{cases[0].output_stem}.mha", out / f"{cases[0].case_id}.json")
+            segmenter.write_outputs(result, case_outputs(cases[0], out))
             repeat = {"case_id": cases[0].case_id, "wall_s": time.perf_counter() - t}
     finally:
         shutil.rmtree(out, ignore_errors=True)

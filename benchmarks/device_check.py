@@ -102,7 +102,7 @@ def segment(members, manifest, adc, zadc, spacing) -> tuple[np.ndarray, np.ndarr
 
     crop = preprocess.crop_to_brain(adc, spacing, manifest.crop_margin_mm)
     prob = run_ensemble([m.runner() for m in members], adc, zadc, spacing, crop).probability
-    mask = postprocess(prob, preprocess.brain_mask(adc), spacing, manifest.fusion).astype(np.uint8)
+    mask = postprocess(prob, preprocess.brain_mask(adc), spacing, manifest.mask_rule).astype(np.uint8)
     return mask, prob
 
 

@@ -8,7 +8,6 @@ Bad input raises :class:`hieseg.errors.InputError` (a one-line message naming th
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Union
 
@@ -19,7 +18,7 @@ from . import pipeline
 from .cases import Case, pair_case
 from .errors import InputError
 from .io import Geometry, read_image
-from .validate import validate_pair
+from .outputs import mask_stem
 
 ImageLike = Union[str, Path, sitk.Image]
 
@@ -33,14 +32,18 @@ def _image_array(image: sitk.Image, label: Path) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image).astype(np.float32, copy=False), Geometry.of(image)
 
 
-def _load(image: ImageLike, what: str) -> tuple[np.ndarray, Geometry, Path]:
-    """Array, geometry and the name errors and reports use: the path, or '<adc image>' for an in-memory image."""
+def _label(image: ImageLike, what: str) -> Path:
+    """The name errors and reports use: the path, or '<adc image>' for an in-memory image."""
     if isinstance(image, sitk.Image):
-        label = Path(f"<{what} image>")
-        return (*_image_array(image, label), label)
+        return Path(f"<{what} image>")
     if isinstance(image, (str, Path)):
-        return (*read_image(image), Path(image))
+        return Path(image)
     raise TypeError(f"{what}: expected a path or a SimpleITK.Image, got {type(image).__name__}")
+
+
+def _load(image: ImageLike, label: Path) -> tuple[np.ndarray, Geometry]:
+    """Array and geometry of a path or an in-memory image."""
+    return _image_array(image, label) if isinstance(image, sitk.Image) else read_image(image)
 
 
 class Segmenter(pipeline.Segmenter):
@@ -76,32 +79,14 @@ class Segmenter(pipeline.Segmenter):
         if isinstance(adc, (str, Path)) and isinstance(zadc, (str, Path)):
             case = pair_case(adc, zadc)
             if case_id is not None:
-                case = Case(case_id, case.adc, case.zadc, f"{case_id}_lesion")
+                case = Case(case_id, case.adc, case.zadc, mask_stem(case_id))
             result = self.segment_case(case)  # exactly what `hieseg predict` runs on these files
         else:
-            result = self._segment_images(adc, zadc, case_id or "case")
-        report = dict(result.report)
-        report["seconds"] = {k: round(v, 3) for k, v in result.timings.items()}
-        report["seconds"]["total"] = round(sum(result.timings.values()), 3)
+            case_id = case_id or "case"
+            case = Case(case_id, _label(adc, "adc"), _label(zadc, "zadc"), mask_stem(case_id))
+            result = self.segment_pair(case, lambda: (*_load(adc, case.adc), *_load(zadc, case.zadc)))
         mask = np.ascontiguousarray(result.mask, dtype=np.uint8)
-        return result.geometry.apply(sitk.GetImageFromArray(mask)), report
-
-    def _segment_images(self, adc: ImageLike, zadc: ImageLike, case_id: str) -> pipeline.CaseResult:
-        """``segment_case`` for in-memory images (or a mix of an image and a path)."""
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        adc_array, geometry, adc_label = _load(adc, "adc")
-        zadc_array, zadc_geometry, zadc_label = _load(zadc, "zadc")
-        t1 = time.perf_counter()
-        validate_pair(adc_array, geometry, adc_label, zadc_array, zadc_geometry, zadc_label)
-        timings.update(read=t1 - t0, validate=time.perf_counter() - t1)
-        mask, prob = self.segment(adc_array, zadc_array, geometry, timings)
-        result = pipeline.CaseResult(Case(case_id, adc_label, zadc_label, f"{case_id}_lesion"), mask, prob,
-                                     geometry, adc_array, timings)
-        t2 = time.perf_counter()
-        result.report = self.case_report(result)
-        timings["report"] = time.perf_counter() - t2
-        return result
+        return result.geometry.apply(sitk.GetImageFromArray(mask)), self.case_report(result)
 
     predict = __call__
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from .cases import Case, find_cases
 from .errors import HiesegError, InputError
-from .gc_interface import GC_OUTPUT
 from .io import read_image, write_mask
+from .outputs import case_outputs
 from .preprocess import brain_mask
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,9 @@ def baseline_mask(adc: np.ndarray, zadc: np.ndarray) -> np.ndarray:
     return (zadc < ZADC_THRESHOLD) & brain_mask(adc)
 
 
-def output_path(case: Case, output: Path) -> Path:
-    """Where the mask of ``case`` goes: the Grand Challenge output path, or ``OUTPUT/<output_stem>.mha``."""
-    if case.output_stem == "overlay":
-        return output / GC_OUTPUT
-    return output / f"{case.output_stem}.mha"
-
-
 def baseline_case(case: Case, output: Path) -> Path:
-    """Read one case, write its baseline mask on the ADC's grid and return the written path."""
+    """Read one case, write its baseline mask on the ADC's grid where hieseg's mask of that case goes, and return
+    the written path."""
     adc, adc_geometry = read_image(case.adc)
     zadc, zadc_geometry = read_image(case.zadc)
     if adc.shape != zadc.shape:
@@ -48,7 +42,7 @@ def baseline_case(case: Case, output: Path) -> Path:
     if diffs:
         log.warning("%s: ADC and Z-ADC geometries differ (%s); writing on the ADC's grid", case.case_id,
                     "; ".join(diffs))
-    return write_mask(baseline_mask(adc, zadc), adc_geometry, output_path(case, output))
+    return write_mask(baseline_mask(adc, zadc), adc_geometry, case_outputs(case, output).mask)
 
 
 def run_baseline(input_dir: str | Path, output_dir: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:

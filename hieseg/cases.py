@@ -1,8 +1,8 @@
 """Finding cases in the input layouts hieseg understands, and naming their outputs.
 
 Layouts:
-- Grand Challenge: ``IN/images/skull-stripped-adc-brain-mri/<one file>`` and ``IN/images/z-score-adc/<one file>``,
-  or the folders that ``IN/inputs.json`` lists for the two sockets (see gc_interface).
+- Grand Challenge: one file in each of the two input sockets' folders, ``IN/<GC_ADC_DIR>/`` and ``IN/<GC_ZADC_DIR>/``,
+  or in the folders that ``IN/inputs.json`` lists for the two sockets (gc_interface names both).
 - BONBID release: ``IN/1ADC_ss/MGHNICU_<id>-VISIT_01-ADC_ss.<ext>`` with
   ``IN/2Z_ADC/Zmap_MGHNICU_<id>-VISIT_01-ADC_smooth2mm_clipped10.<ext>``.
 - An explicit pair given on the command line.
@@ -18,6 +18,7 @@ from .errors import InputError
 from .gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUTS_JSON, ZADC_SOCKET,  # noqa: F401
                            read_inputs_json, socket_file)
 from .io import IMAGE_SUFFIXES, strip_suffix
+from .outputs import mask_stem
 from .scan import image_files  # noqa: F401 - re-exported: cases.image_files is the public name
 
 BONBID_ADC_DIR = "1ADC_ss"
@@ -30,12 +31,14 @@ _VISIT = re.compile(r"(MGHNICU_\d+-VISIT_\d+)")
 
 @dataclass(frozen=True)
 class Case:
-    """One ADC / Z-ADC pair and the stem its outputs are named by."""
+    """One ADC / Z-ADC pair, the stem its outputs are named by, and whether it came in Grand Challenge's layout
+    (its outputs then go to Grand Challenge's paths: see outputs.case_outputs)."""
 
     case_id: str
     adc: Path
     zadc: Path
     output_stem: str  # e.g. 'MGHNICU_014-VISIT_01_lesion' (pairs with the dataset's labels) or 'overlay'
+    grand_challenge: bool = False
 
 
 def case_id_of(path: str | Path) -> str:
@@ -69,10 +72,10 @@ def grand_challenge_case(root: Path) -> Case:
     if sockets is not None:
         adc = socket_file(sockets[ADC_SOCKET], image_files)
         zadc = socket_file(sockets[ZADC_SOCKET], image_files)
-        return Case(case_id_of(adc), adc, zadc, "overlay")
-    adc = _single(root / GC_ADC_DIR, "skull-stripped ADC")
-    zadc = _single(root / GC_ZADC_DIR, "Z-ADC")
-    return Case(case_id_of(adc), adc, zadc, "overlay")
+    else:
+        adc = _single(root / GC_ADC_DIR, "skull-stripped ADC")
+        zadc = _single(root / GC_ZADC_DIR, "Z-ADC")
+    return Case(case_id_of(adc), adc, zadc, GC_OUTPUT.stem, grand_challenge=True)
 
 
 def bonbid_cases(root: Path) -> list[Case]:
@@ -93,7 +96,7 @@ def bonbid_cases(root: Path) -> list[Case]:
             raise InputError(adc, f"no Z-ADC map for {key} in {zadc_dir}")
         if len(matches) > 1:
             raise InputError(adc, f"several Z-ADC maps for {key}: " + ", ".join(p.name for p in matches))
-        cases.append(Case(case_id_of(adc), adc, matches[0], f"{key}_lesion"))
+        cases.append(Case(case_id_of(adc), adc, matches[0], mask_stem(key)))
     if not cases:
         raise InputError(adc_dir, "no ADC images found")
     return cases
@@ -120,9 +123,7 @@ def find_cases(root: str | Path) -> list[Case]:
 def pair_case(adc: str | Path, zadc: str | Path) -> Case:
     """An explicit ADC / Z-ADC pair; outputs are named after the case id of the ADC file."""
     adc, zadc = Path(adc), Path(zadc)
-    key = _visit_key(adc)
-    stem = f"{key}_lesion" if _VISIT.search(adc.name) else f"{strip_suffix(adc)}_lesion"
-    return Case(case_id_of(adc), adc, zadc, stem)
+    return Case(case_id_of(adc), adc, zadc, mask_stem(_visit_key(adc)))
 
 
 def shard(cases: list[Case], spec: str | None) -> list[Case]:

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .cases import Case, find_cases, is_grand_challenge, pair_case, shard
+from .cases import Case, find_cases, pair_case, shard
 from .cohort import completed_report, is_case_list, read_case_list, resolve_shard, summary_row
 from .devices import DEVICE_HELP, device_arg
 from .errors import HiesegError, InputError, OutputError
-from .gc_interface import GC_OUTPUT, GC_REPORT
+from .gc_interface import GC_INPUT_ROOT, GC_OUTPUT_ROOT
+from .outputs import MASK_FORMATS, CaseOutputs, case_outputs, summary_path
 from .progress import progress
 from .report import write_summary_csv
 
@@ -41,19 +42,6 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4G, 512M)")
     scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match.group(2).upper()]
     return int(float(match.group(1)) * scale)
-
-
-def check_writable(folder: Path, *subfolders: Path) -> None:
-    """Fail before the model loads when the output folders cannot take files (see hieseg.writer.preflight)."""
-    from .writer import preflight
-
-    preflight(folder, subfolders)
-
-
-def _output_folders(cases: Sequence[Case], out: Path, gc_layout: bool, args: argparse.Namespace) -> set[Path]:
-    """Every folder this run writes into, for the pre-flight check."""
-    return {p.parent for case in cases[:1]
-            for p in _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc).values() if p}
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -79,29 +67,16 @@ def _verbosity(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- predict
 
 
-def _output_paths(case: Case, out: Path, gc_layout: bool, fmt: str, save_prob: bool, qc: bool) -> dict:
-    if gc_layout:
-        return {"mask_path": out / GC_OUTPUT, "report_path": out / GC_REPORT,
-                "probability_path": out / "probability.mha" if save_prob else None,
-                "qc_path": out / "qc.png" if qc else None}
-    ext = ".nii.gz" if fmt == "nii.gz" else ".mha"
-    return {"mask_path": out / f"{case.output_stem}{ext}",
-            "report_path": out / "reports" / f"{case.case_id}.json",
-            "probability_path": out / "probabilities" / f"{case.case_id}_probability{ext}" if save_prob else None,
-            "qc_path": out / "qc" / f"{case.case_id}.png" if qc else None}
-
-
-def _collect_cases(args: argparse.Namespace) -> tuple[list[Case], bool]:
+def _collect_cases(args: argparse.Namespace) -> list[Case]:
     if args.adc or args.zadc:
         if not (args.adc and args.zadc):
             raise InputError(args.adc or args.zadc, "--adc and --zadc must be given together")
         if len(args.paths) != 1:
             raise InputError(None, "with --adc/--zadc give only the OUTPUT folder")
-        return [pair_case(args.adc, args.zadc)], False
+        return [pair_case(args.adc, args.zadc)]
     if len(args.paths) != 2:
         raise InputError(None, "usage: hieseg predict INPUT OUTPUT (or --adc A --zadc Z OUTPUT)")
-    root = Path(args.paths[0])
-    return collect_input_cases(root), not is_case_list(root) and is_grand_challenge(root)
+    return collect_input_cases(Path(args.paths[0]))
 
 
 def collect_input_cases(root: Path) -> list[Case]:
@@ -109,82 +84,85 @@ def collect_input_cases(root: Path) -> list[Case]:
     return read_case_list(root) if is_case_list(root) else find_cases(root)
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    from .pipeline import Segmenter, write_case_outputs
+def _preflight(out: Path, outputs: Sequence[CaseOutputs]) -> None:
+    """Fail before the model loads when the output folders cannot take files (see hieseg.writer.preflight)."""
+    from .writer import preflight
 
-    cases, gc_layout = _collect_cases(args)
+    preflight(out, {path.parent for case in outputs[:1] for path in case.files()})
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .pipeline import Segmenter
+
+    cases = _collect_cases(args)
     out = Path(args.paths[-1])
     shard_spec = resolve_shard(args.shard)
     try:
         cases = shard(cases, shard_spec)
     except ValueError as exc:
         raise InputError(None, str(exc)) from None
-    check_writable(out, *_output_folders(cases, out, gc_layout, args))
+    outputs = {case.case_id: case_outputs(case, out, args.format, args.save_prob, args.qc) for case in cases}
+    _preflight(out, list(outputs.values()))
     if not cases:
         log.warning("shard %s holds no cases", shard_spec)
         return 0
     t_start = time.perf_counter()
     segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
-    rows, failures = [], []
-    all_paths = {case.case_id: _output_paths(case, out, gc_layout, args.format, args.save_prob, args.qc)
-                 for case in cases}
-    done = _finished_cases(cases, all_paths, segmenter.manifest.sha256) if args.resume else {}
-    todo = [case for case in cases if case.case_id not in done]
-    iterator = progress(todo, desc="hieseg") if len(todo) > 1 else todo
-    for case in iterator:
-        paths = all_paths[case.case_id]
+    reports = _finished_cases(cases, outputs, segmenter.manifest.sha256) if args.resume else {}
+    skipped = len(reports)
+    failures: dict[str, str] = {}
+    todo = [case for case in cases if case.case_id not in reports]
+    for case in progress(todo, desc="hieseg") if len(todo) > 1 else todo:
         try:
             result = segmenter.segment_case(case)
-            report = write_case_outputs(result, **paths)
+            reports[case.case_id] = segmenter.write_outputs(result, outputs[case.case_id])
         except OutputError:
             raise  # the output location failed (a full disk, a quota): the remaining cases cannot be written either
-        except (HiesegError, MemoryError, OSError) as exc:
-            message = _one_line(exc)
-            log.error("%s: %s", case.case_id, message)
-            failures.append((case.case_id, message))
-            rows.append({"case_id": case.case_id, "status": "failed", "error": message})
+        except Exception as exc:  # one case's failure, whatever it is, must not cost the rest of a cohort run
+            failures[case.case_id] = describe_failure(exc)
+            log.error("%s: %s", case.case_id, failures[case.case_id])
             continue
-        except Exception as exc:  # a bug should not cost the rest of a cohort run
-            log.debug("traceback", exc_info=True)
-            message = f"unexpected {type(exc).__name__}: {exc}"
-            log.error("%s: %s", case.case_id, message)
-            failures.append((case.case_id, message))
-            rows.append({"case_id": case.case_id, "status": "failed", "error": message})
-            continue
-        rows.append(summary_row(report, paths["mask_path"]))
+        report = reports[case.case_id]
         print(f"{case.case_id}\t{report['lesion_volume_ml']:.3f} mL\t{report['burden_class']}\t"
-              f"{paths['mask_path']}", flush=True)
-    order = {case.case_id: i for i, case in enumerate(cases)}
-    rows = sorted(rows + [summary_row(report, all_paths[cid]["mask_path"]) for cid, report in done.items()],
-                  key=lambda row: order[row["case_id"]])
-    if len(cases) > 1 or not gc_layout:
-        write_summary_csv(rows, out / (f"summary_{shard_spec.replace('/', 'of')}.csv" if shard_spec
-                                       else "summary.csv"))
-    elapsed = time.perf_counter() - t_start
-    log.info("%d case(s) in %.1f s: %d ok, %d failed%s", len(cases), elapsed, len(cases) - len(failures),
-             len(failures), f" ({len(done)} skipped: already done)" if args.resume else "")
-    for case_id, message in failures:
-        log.error("failed: %s: %s", case_id, message)
+              f"{outputs[case.case_id].mask}", flush=True)
+    rows = [summary_row(reports[case.case_id], outputs[case.case_id].mask) if case.case_id in reports
+            else {"case_id": case.case_id, "status": "failed", "error": failures[case.case_id]} for case in cases]
+    if len(cases) > 1 or not cases[0].grand_challenge:
+        write_summary_csv(rows, summary_path(out, shard_spec))
+    log.info("%d case(s) in %.1f s: %d ok, %d failed%s%s", len(cases), time.perf_counter() - t_start,
+             len(cases) - len(failures), len(failures), f" ({', '.join(failures)})" if failures else "",
+             f" ({skipped} skipped: already done)" if args.resume else "")
     return 1 if failures else 0
 
 
-def _finished_cases(cases: list[Case], all_paths: dict[str, dict], manifest_sha256: str) -> dict[str, dict]:
+def _finished_cases(cases: list[Case], outputs: dict[str, CaseOutputs], manifest_sha256: str) -> dict[str, dict]:
     """--continue: the reports of cases whose outputs are all complete (by this model); those cases are skipped."""
     done = {}
     for case in cases:
-        report = completed_report(all_paths[case.case_id], manifest_sha256)
+        report = completed_report(outputs[case.case_id], manifest_sha256)
         if report is not None:
             done[case.case_id] = report
     log.info("--continue: skipping %d of %d case(s) already done in this output folder", len(done), len(cases))
     return done
 
 
-def _one_line(exc: BaseException) -> str:
+def is_bug(exc: BaseException) -> bool:
+    """Neither ours (bad input, model, device, output) nor the system's (memory, files): a bug in hieseg."""
+    return not isinstance(exc, (HiesegError, MemoryError, OSError))
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failure: ours and the system's in their own words, a bug named as unexpected (its traceback
+    is logged at -v)."""
     if isinstance(exc, MemoryError):
         detail = str(exc).strip()
         return f"{detail or 'out of memory'} (the memory limit is too small for this case)"
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0] if text else type(exc).__name__
+    if not is_bug(exc):
+        return line
+    log.debug("traceback", exc_info=exc)
+    return f"unexpected {type(exc).__name__}: {line}"
 
 
 def add_predict_parser(sub) -> None:
@@ -195,7 +173,8 @@ def add_predict_parser(sub) -> None:
                    help="input folder (or CSV case list) and output folder")
     p.add_argument("--adc", type=Path, help="explicit skull-stripped ADC map (with --zadc)")
     p.add_argument("--zadc", type=Path, help="explicit Z-ADC map (with --adc)")
-    p.add_argument("--format", choices=("mha", "nii.gz"), default="mha", help="mask file format (default mha)")
+    p.add_argument("--format", choices=MASK_FORMATS, default="mha",
+                   help="mask and probability file format (default mha; a Grand Challenge input takes mha only)")
     p.add_argument("--save-prob", action="store_true", help="also write the fused probability map")
     p.add_argument("--qc", action="store_true", help="also write a PNG montage of the predicted lesions")
     p.add_argument("--shard", metavar="K/N|auto",
@@ -253,18 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(func, args: argparse.Namespace) -> int:
     try:
         return func(args)
-    except HiesegError as exc:
-        log.error("%s", exc)
-        return 1
-    except MemoryError as exc:
-        log.error("%s", _one_line(exc))
-        return 1
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
-    except Exception as exc:  # noqa: BLE001 - the user gets one line; -v shows the traceback
-        log.debug("traceback", exc_info=True)
-        log.error("unexpected %s: %s (run with -v for the traceback)", type(exc).__name__, _one_line(exc))
+    except Exception as exc:  # noqa: BLE001 - the user gets one line; -v shows the traceback of a bug
+        log.error("%s%s", describe_failure(exc), " (run with -v for the traceback)" if is_bug(exc) else "")
         return 1
 
 
@@ -278,25 +250,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_grand_challenge(args: argparse.Namespace) -> int:
-    """One case from INPUT's Grand Challenge layout to OUTPUT/images/hie-lesion-segmentation/overlay.mha."""
+    """One case from INPUT's Grand Challenge layout to its output socket under OUTPUT (gc_interface.GC_OUTPUT)."""
     from .cases import grand_challenge_case
-    from .pipeline import Segmenter, write_case_outputs
+    from .pipeline import Segmenter
 
     case = grand_challenge_case(args.input)
-    paths = _output_paths(case, args.output, True, "mha", False, False)
-    check_writable(args.output, *(p.parent for p in paths.values() if p))
+    outputs = case_outputs(case, args.output)
+    _preflight(args.output, [outputs])
     segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
-    result = segmenter.segment_case(case)
-    report = write_case_outputs(result, **paths)
+    report = segmenter.write_outputs(segmenter.segment_case(case), outputs)
     log.info("lesion %.3f mL (%s of brain, %s), %d component(s); %.2f s", report["lesion_volume_ml"],
              f"{report['lesion_percent_of_brain']:.2f}%", report["burden_class"], report["lesion_components"],
              report["seconds"]["total"])
-    print(paths["mask_path"], flush=True)
+    print(outputs.mask, flush=True)
     return 0
 
 
-def grand_challenge_main(argv: Sequence[str] | None = None, input_dir: Path = Path("/input"),
-                         output_dir: Path = Path("/output")) -> int:
+def grand_challenge_main(argv: Sequence[str] | None = None, input_dir: Path = GC_INPUT_ROOT,
+                         output_dir: Path = GC_OUTPUT_ROOT) -> int:
     parser = argparse.ArgumentParser(prog="inference.py",
                                      description="BONBID-HIE Grand Challenge entry point: one case per run.")
     parser.add_argument("--input", type=Path, default=input_dir, help=f"default {input_dir}")

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 from .cases import Case
 from .errors import InputError
+from .outputs import CaseOutputs, mask_stem
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def read_case_list(path: str | Path) -> list[Case]:
             raise InputError(path, f"line {line}: case_id {case_id!r} appears twice")
         seen.add(case_id)
         adc, zadc = (_resolve(values[c], path.parent) for c in ("adc", "zadc"))
-        cases.append(Case(case_id, adc, zadc, f"{case_id}_lesion"))
+        cases.append(Case(case_id, adc, zadc, mask_stem(case_id)))
     if not cases:
         raise InputError(path, "case list has no cases")
     return cases
@@ -99,28 +100,26 @@ def summary_row(report: dict[str, Any], mask_path: Path) -> dict[str, Any]:
             "seconds_total": report["seconds"]["total"]}
 
 
-def completed_report(paths: Mapping[str, Path | None], manifest_sha256: str) -> dict[str, Any] | None:
+def completed_report(outputs: CaseOutputs, manifest_sha256: str) -> dict[str, Any] | None:
     """The report of a case whose outputs are all there and complete, else None (the case must run again).
 
-    Complete means: the report parses, it is the final one (its ``seconds`` are written after every output file,
-    and each file is written atomically), it names these output paths, it was made by the same model (manifest
-    sha256), and every output file it names exists.
+    Complete means: the report parses, it is the final one (a case's files are committed together, the report
+    last), it names these output paths, it was made by the same model (manifest sha256), and every output file
+    asked for exists.
     """
-    report_path = paths.get("report_path")
-    if report_path is None or not Path(report_path).is_file():
+    if not outputs.report.is_file():
         return None
     try:
-        report = json.loads(Path(report_path).read_text())
+        report = json.loads(outputs.report.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(report, dict) or "total" not in (report.get("seconds") or {}):
         return None
     if (report.get("model") or {}).get("manifest_sha256") != manifest_sha256:
-        log.info("%s: made by another model; running the case again", report_path)
+        log.info("%s: made by another model; running the case again", outputs.report)
         return None
-    outputs = report.get("outputs") or {}
-    for key, name in (("mask_path", "mask"), ("probability_path", "probability"), ("qc_path", "qc")):
-        wanted = paths.get(key)
-        if wanted is not None and (outputs.get(name) != str(wanted) or not Path(wanted).is_file()):
+    written = report.get("outputs") or {}
+    for name, wanted in outputs.to_json().items():
+        if wanted is not None and (written.get(name) != wanted or not Path(wanted).is_file()):
             return None
     return report

@@ -35,13 +35,21 @@ GC_ADC_DIR = Path("images/skull-stripped-adc-brain-mri")
 GC_ZADC_DIR = Path("images/z-score-adc")
 INPUT_SOCKETS: dict[str, Path] = {ADC_SOCKET: GC_ADC_DIR, ZADC_SOCKET: GC_ZADC_DIR}
 
-# Output socket: the lesion mask, written under /output.
+# The container's folders: Grand Challenge mounts the inputs at /input and collects the outputs from /output.
+GC_INPUT_ROOT = Path("/input")
+GC_OUTPUT_ROOT = Path("/output")
+
+# Output socket: the lesion mask, written under /output. The challenge reads an .mha file only.
 OUTPUT_SOCKET = "hypoxic-ischemic-encephalopathy-lesion-segmentation"
 GC_OUTPUT_DIR = Path("images/hie-lesion-segmentation")
 GC_OUTPUT = GC_OUTPUT_DIR / "overlay.mha"
+GC_OUTPUT_FORMAT = "mha"
 
-# Our own report beside the output socket (Grand Challenge ignores files it has no socket for).
+# Our own files beside the output socket (Grand Challenge ignores files it has no socket for): the report, and
+# on request the probability map and the QC montage.
 GC_REPORT = Path("hieseg-report.json")
+GC_PROBABILITY = Path("probability.mha")
+GC_QC = Path("qc.png")
 
 INPUTS_JSON = "inputs.json"
 

@@ -41,6 +41,7 @@ from typing import Any
 
 from .domain import Domain, default_domain
 from .errors import ModelError
+from .sessions import read_verified
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -71,7 +72,10 @@ class Member:
 
 
 @dataclass(frozen=True)
-class Fusion:
+class MaskRule:
+    """How fused probabilities become the mask (applied by postprocess.postprocess): the threshold, the smallest
+    lesion component kept, and the case-level empty rule; the manifest's ``fusion`` entry."""
+
     threshold: float
     min_component_mm3: float
     empty_max_probability_below: float = 0.0
@@ -85,7 +89,7 @@ class Manifest:
     version: str
     crop_margin_mm: float
     members: tuple[Member, ...]
-    fusion: Fusion
+    mask_rule: MaskRule
     provenance: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
     license: str | None = None
@@ -179,8 +183,8 @@ def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = No
         directory=directory, name=str(raw.get("name", "hieseg")), version=str(raw.get("version", "0")),
         crop_margin_mm=float(raw.get("preprocessing", {}).get("crop_margin_mm", 8.0)),
         members=parsed,
-        fusion=Fusion(float(fusion["threshold"]), float(fusion.get("min_component_mm3", 0.0)),
-                      float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0))),
+        mask_rule=MaskRule(float(fusion["threshold"]), float(fusion.get("min_component_mm3", 0.0)),
+                           float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0))),
         provenance=raw.get("provenance", {}),
         **_optional_text_fields(raw, where),
         domain=domain,
@@ -223,7 +227,9 @@ def _domain(raw: dict[str, Any] | None, where: Path) -> Domain:
 
 
 def load_manifest(model_dir: str | Path | None = None, verify: bool = True) -> Manifest:
-    """Read and validate ``model_dir/manifest.json``; with ``verify``, refuse members whose sha256 differs."""
+    """Read and validate ``model_dir/manifest.json``; with ``verify``, refuse members whose sha256 differs
+    (``sessions.read_verified``, the one checksum check; sessions are built from the bytes it returns, so a
+    caller that builds sessions passes ``verify=False`` and is still checked)."""
     directory = resolve_model_dir(model_dir)
     where = directory / MANIFEST_NAME
     if not where.is_file():
@@ -235,8 +241,5 @@ def load_manifest(model_dir: str | Path | None = None, verify: bool = True) -> M
     manifest = parse_manifest(raw, directory, where)
     if verify:
         for member in manifest.members:
-            actual = sha256_file(member.path)
-            if actual != member.sha256:
-                raise ModelError(f"{member.path}: checksum mismatch (sha256 {actual[:12]}…, manifest says "
-                                 f"{member.sha256[:12]}…): the model file was modified or corrupted")
+            read_verified(member.path, member.sha256)
     return Manifest(**{**manifest.__dict__, "sha256": sha256_file(where)})

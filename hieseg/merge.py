@@ -9,16 +9,15 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
+from .outputs import SHARD_SUMMARY, summary_path
 from .report import write_summary_csv
 
 log = logging.getLogger(__name__)
 
-SHARD_SUMMARY = re.compile(r"summary_(\d+)of(\d+)\.csv")
 
 
 def shard_files(paths: Sequence[Path]) -> list[Path]:
@@ -114,7 +113,7 @@ def merge_summaries(paths: Sequence[Path], output: Path, expected: Sequence[str]
 
 def run_merge(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.summaries]
-    output = args.output or (paths[0] if paths[0].is_dir() else paths[0].parent) / "summary.csv"
+    output = args.output or summary_path(paths[0] if paths[0].is_dir() else paths[0].parent)
     expected = None
     if args.expect is not None:
         from .cli import collect_input_cases

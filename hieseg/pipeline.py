@@ -1,12 +1,14 @@
-"""One library call per case: ``Segmenter(model_dir).segment_case(case)``; the CLIs are thin layers over it."""
+"""One library call per case: ``Segmenter(model_dir).segment_case(case)``, then ``write_outputs``; the CLIs and the
+Python API are thin layers over it. Stage timings are returned by each stage and collected in the case's result;
+the report is assembled in one place (``Segmenter.case_report``) and written once, with the case's other files."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -15,6 +17,7 @@ from .cases import Case
 from .ensemble import LoadedMember, load_members, member_providers, member_rows, run_ensemble
 from .io import Geometry, image_from_array, json_bytes, read_image
 from .manifest import Manifest, load_manifest
+from .outputs import CaseOutputs
 from .postprocess import postprocess
 from .report import lesion_statistics
 from .validate import validate_pair
@@ -23,16 +26,29 @@ from .writer import OutputSet
 log = logging.getLogger(__name__)
 
 
+T = TypeVar("T")
+Pair = tuple[np.ndarray, Geometry, np.ndarray, Geometry]  # ADC, its geometry, Z-ADC, its geometry
+
+
+def timed(func: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """``func(*args)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    value = func(*args)
+    return value, time.perf_counter() - t0
+
+
 @dataclass
 class CaseResult:
+    """One segmented case: mask and probability on the native grid, and what its report is made of."""
+
     case: Case
     mask: np.ndarray  # uint8 {0, 1}, native grid (z, y, x)
     probability: np.ndarray  # float32 fused probability, native grid
     geometry: Geometry
     adc: np.ndarray
-    timings: dict[str, float] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
-    domain: domain.DomainCheck = field(default_factory=domain.DomainCheck)
+    timings: dict[str, float]  # seconds per stage, in the order they ran
+    domain: domain.DomainCheck
+    statistics: dict[str, Any]  # report.lesion_statistics of the mask
 
 
 class Segmenter:
@@ -54,99 +70,92 @@ class Segmenter:
         return member_providers(self.members)
 
     def segment(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
-                timings: dict[str, float] | None = None,
                 guard: domain.DomainCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Mask (uint8) and fused probability (float32) on the native grid of a validated ADC / Z-ADC pair.
 
         ``guard`` is the domain guard's verdict on the pair (computed here when not given): members run at its
         spacing on out-of-domain axes; implausible intensities raise InputError.
         """
-        timings = {} if timings is None else timings
-        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
-        return self.mask_from_probability(prob, adc, geometry, timings), prob
+        prob, _ = self.fused_probability(adc, zadc, geometry, guard)
+        return self.mask_from_probability(prob, adc, geometry), prob
 
     def fused_probability(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
-                          timings: dict[str, float] | None = None,
-                          guard: domain.DomainCheck | None = None) -> np.ndarray:
+                          guard: domain.DomainCheck | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """The ensemble's fused probability (float32, native grid) and the seconds of its stages."""
         spacing = geometry.spacing_zyx
         if guard is None:
             guard = domain.check_case(adc, zadc, spacing, self.manifest.domain)
         crop = preprocess.crop_to_brain(adc, spacing, self.manifest.crop_margin_mm)
         out = run_ensemble([m.runner() for m in self.members], adc, zadc, spacing, crop, guard.run_spacing_zyx)
-        if timings is not None:
-            timings.update(out.timings)
-        return out.probability
+        return out.probability, out.timings
 
-    def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry,
-                              timings: dict[str, float] | None = None) -> np.ndarray:
-        t0 = time.perf_counter()
-        mask = postprocess(prob, preprocess.brain_mask(adc), geometry.spacing_zyx, self.manifest.fusion)
-        if timings is not None:
-            timings["postprocess"] = time.perf_counter() - t0
-        return mask.astype(np.uint8)
+    def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """The manifest's mask rule applied to a fused probability (uint8 {0, 1})."""
+        return postprocess(prob, preprocess.brain_mask(adc), geometry.spacing_zyx,
+                           self.manifest.mask_rule).astype(np.uint8)
 
     def segment_case(self, case: Case) -> CaseResult:
-        timings: dict[str, float] = {}
+        """One case from its files to mask, probability and report statistics."""
+        return self.segment_pair(case, lambda: (*read_image(case.adc), *read_image(case.zadc)))
+
+    def segment_pair(self, case: Case, load: Callable[[], Pair]) -> CaseResult:
+        """One case from the pair ``load()`` returns (timed as 'read'; ``case.adc`` and ``case.zadc`` name the
+        images in messages): validated, guarded, segmented, its statistics computed."""
+        (adc, geometry, zadc, zadc_geometry), read_seconds = timed(load)
         t0 = time.perf_counter()
-        adc, geometry = read_image(case.adc)
-        zadc, zadc_geometry = read_image(case.zadc)
-        t1 = time.perf_counter()
         validate_pair(adc, geometry, case.adc, zadc, zadc_geometry, case.zadc)
         guard = domain.check_case(adc, zadc, geometry.spacing_zyx, self.manifest.domain, case.adc, case.zadc)
         domain.log_check(case.case_id, guard)
-        t2 = time.perf_counter()
-        timings.update(read=t1 - t0, validate=t2 - t1)
-        prob = self.fused_probability(adc, zadc, geometry, timings, guard)
+        timings = {"read": read_seconds, "validate": time.perf_counter() - t0}
+        prob, ensemble_timings = self.fused_probability(adc, zadc, geometry, guard)
         del zadc  # a full-size float32 array the postprocessing does not need: it bounds the peak on large grids
-        mask = self.mask_from_probability(prob, adc, geometry, timings)
-        result = CaseResult(case, mask, prob, geometry, adc, timings, domain=guard)
-        t3 = time.perf_counter()
-        result.report = self.case_report(result)
-        timings["report"] = time.perf_counter() - t3
-        return result
+        timings.update(ensemble_timings)
+        mask, timings["postprocess"] = timed(self.mask_from_probability, prob, adc, geometry)
+        statistics, timings["report"] = timed(lesion_statistics, mask > 0, preprocess.brain_mask(adc),
+                                              geometry.spacing_zyx)
+        return CaseResult(case, mask, prob, geometry, adc, timings, guard, statistics)
 
-    def case_report(self, result: CaseResult) -> dict[str, Any]:
-        stats = lesion_statistics(result.mask > 0, preprocess.brain_mask(result.adc), result.geometry.spacing_zyx)
-        return {
+    def case_report(self, result: CaseResult, outputs: CaseOutputs | None = None,
+                    write_seconds: float | None = None) -> dict[str, Any]:
+        """The case's report, assembled here only: statistics, members, model, geometry, domain, and, for a case
+        being written, its ``outputs`` and the seconds its files took to write; ``seconds`` last."""
+        timings = result.timings if write_seconds is None else {**result.timings, "write": write_seconds}
+        report = {
             "case_id": result.case.case_id,
             "inputs": {"adc": str(result.case.adc), "zadc": str(result.case.zadc)},
-            **stats,
+            **result.statistics,
             "members": member_rows(self.members),
             "model": self.manifest.summary(),
-            "threshold": self.manifest.fusion.threshold,
+            "threshold": self.manifest.mask_rule.threshold,
             "geometry": result.geometry.to_json(),
             "domain": {**result.domain.to_json(), "training_domain": self.manifest.domain.origin},
             "hieseg_version": __version__,
         }
+        if outputs is not None:
+            report["outputs"] = outputs.to_json()
+        report["seconds"] = {**{k: round(v, 3) for k, v in timings.items()}, "total": round(sum(timings.values()), 3)}
+        return report
+
+    def write_outputs(self, result: CaseResult, outputs: CaseOutputs) -> dict[str, Any]:
+        """Write a case's files together (see hieseg.writer.OutputSet) and return its report: each is staged,
+        synced and verified, and they are renamed into place only when all are, the report last; on any error
+        none of them appears."""
+        with OutputSet() as staged:
+            _, write_seconds = timed(_stage_images, staged, result, outputs)
+            report = self.case_report(result, outputs, write_seconds)
+            staged.add_bytes(json_bytes(report), outputs.report)
+            staged.commit()
+        return report
 
 
-def write_case_outputs(result: CaseResult, mask_path: Path, report_path: Path | None = None,
-                       probability_path: Path | None = None, qc_path: Path | None = None) -> dict[str, Any]:
-    """Write a case's files together (see hieseg.writer.OutputSet): each is staged, synced and verified, and
-    they are renamed into place only when all are, the report last; on any error none of them appears."""
-    t0 = time.perf_counter()
-    with OutputSet() as out:
-        out.add_image(image_from_array((result.mask > 0).astype(np.uint8), result.geometry), mask_path)
-        if probability_path is not None:
-            out.add_image(image_from_array(result.probability.astype(np.float32), result.geometry),
-                          probability_path)
-        if qc_path is not None:
-            from .qc import montage_png
+def _stage_images(staged: OutputSet, result: CaseResult, outputs: CaseOutputs) -> None:
+    """Stage the mask and, when asked for, the probability map and the QC montage."""
+    staged.add_image(image_from_array((result.mask > 0).astype(np.uint8), result.geometry), outputs.mask)
+    if outputs.probability is not None:
+        staged.add_image(image_from_array(result.probability.astype(np.float32), result.geometry),
+                         outputs.probability)
+    if outputs.qc is not None:
+        from .qc import montage_png
 
-            out.add_bytes(montage_png(result.adc, result.mask, title=f"{result.case.case_id}: prediction",
-                                      spacing_zyx=result.geometry.spacing_zyx), qc_path)
-        report = dict(result.report, outputs={"mask": str(mask_path),
-                                              "probability": str(probability_path) if probability_path else None,
-                                              "qc": str(qc_path) if qc_path else None})
-        result.timings["write"] = time.perf_counter() - t0
-        report["seconds"] = _rounded(result.timings)
-        report["seconds"]["total"] = round(sum(result.timings.values()), 3)
-        if report_path is not None:
-            out.add_bytes(json_bytes(report), report_path)
-        out.commit()
-    result.report = report
-    return report
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in timings.items()}
+        staged.add_bytes(montage_png(result.adc, result.mask, title=f"{result.case.case_id}: prediction",
+                                     spacing_zyx=result.geometry.spacing_zyx), outputs.qc)

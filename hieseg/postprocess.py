@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .manifest import Fusion
+from .manifest import MaskRule
 from .preprocess import brain_bbox
 
 # Full (26-)connectivity: on these anisotropic grids, lesion voxels touching only at an edge are still one lesion.
@@ -48,25 +48,26 @@ def keep_components(sizes: np.ndarray, peak: float, voxel_mm3: float, min_compon
     return keep & ~empty
 
 
-def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], fusion: Fusion) -> np.ndarray:
+def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float], rule: MaskRule) -> np.ndarray:
     """Binary lesion mask (bool) from fused probabilities on the native grid: threshold inside the brain, then
     the components ``keep_components`` keeps (component filter and case-level empty rule; a lesion-free case
     scores only when the mask is completely empty)."""
     voxel_mm3 = float(np.prod(spacing_zyx))
     # Probabilities outside the brain count as 0 (no full-size masked copy: large grids stay within memory).
     peak = float(np.max(prob, where=brain, initial=0.0))
-    mask = np.where(brain, prob >= fusion.threshold, 0.0 >= fusion.threshold)
+    mask = np.where(brain, prob >= rule.threshold, 0.0 >= rule.threshold)
     if not mask.any():
         return mask
-    if fusion.min_component_mm3 / voxel_mm3 <= 1 and fusion.empty_min_lesion_mm3 <= 0:
+    if rule.min_component_mm3 / voxel_mm3 <= 1 and rule.empty_min_lesion_mm3 <= 0:
         # no rule needs the components: skip labelling them
-        empty = fusion.empty_max_probability_below > 0 and peak < fusion.empty_max_probability_below
+        empty = rule.empty_max_probability_below > 0 and peak < rule.empty_max_probability_below
         return np.zeros(prob.shape, dtype=bool) if empty else mask
     box = brain_bbox(mask, (0, 0, 0))  # components cannot reach outside the mask's bounding box
     labels, sizes = label_components(mask[box])
-    keep = np.concatenate([[False], keep_components(sizes[1:], peak, voxel_mm3, fusion.min_component_mm3,
-                                                    fusion.empty_max_probability_below,
-                                                    fusion.empty_min_lesion_mm3)])
+    keep = np.concatenate([[False], keep_components(sizes[1:], peak, voxel_mm3, rule.min_component_mm3,
+                                                    rule.empty_max_probability_below,
+                                                    rule.empty_min_lesion_mm3)])
     out = np.zeros(prob.shape, dtype=bool)
     out[box] = keep[labels]
     return out
+

@@ -14,6 +14,7 @@ from casefiles import files_under, write_bonbid_case
 from hieseg import sessions
 from hieseg.cli import main
 from hieseg.cohort import completed_report, read_case_list, resolve_shard
+from hieseg.outputs import CaseOutputs
 from hieseg.devices import parse_device
 from hieseg.errors import DeviceError, InputError
 from hieseg.merge import merge_summaries
@@ -187,11 +188,12 @@ def test_completed_report_needs_every_requested_output(tmp_path):
     report = {"seconds": {"total": 1.0}, "model": {"manifest_sha256": "abc"},
               "outputs": {"mask": str(mask), "probability": None, "qc": None}}
     report_path.write_text(json.dumps(report))
-    paths = {"mask_path": mask, "report_path": report_path, "probability_path": None, "qc_path": None}
-    assert completed_report(paths, "abc") == report
-    assert completed_report({**paths, "probability_path": prob}, "abc") is None  # now also --save-prob
+    outputs = CaseOutputs(mask, report_path)
+    assert completed_report(outputs, "abc") == report
+    assert completed_report(CaseOutputs(mask, report_path, probability=prob), "abc") is None  # now also --save-prob
+    assert completed_report(outputs, "another model") is None
     report_path.write_text("{truncated")
-    assert completed_report(paths, "abc") is None
+    assert completed_report(outputs, "abc") is None
 
 
 # ---------------------------------------------------------------------------------------------- cuda:N

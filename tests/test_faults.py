@@ -89,13 +89,15 @@ def test_disk_full_is_one_line_before_the_model_loads_and_leaves_nothing(tmp_pat
 def test_a_case_is_committed_whole_or_not_at_all(tmp_path, toy_model, sample_input):
     """The mask fits on the disk but the report does not: neither may appear (nor a temporary)."""
     from hieseg.cases import grand_challenge_case
-    from hieseg.pipeline import Segmenter, write_case_outputs
+    from hieseg.outputs import CaseOutputs
+    from hieseg.pipeline import Segmenter
 
-    result = Segmenter(toy_model).segment_case(grand_challenge_case(sample_input))
-    result.report["padding"] = "x" * 400_000  # the report alone needs more than the ~250 KB left
+    segmenter = Segmenter(toy_model)
+    result = segmenter.segment_case(grand_challenge_case(sample_input))
+    result.statistics["padding"] = "x" * 400_000  # the report alone needs more than the ~250 KB left
     with small_tmpfs(tmp_path / "mnt", 192) as mnt:
         with pytest.raises(OutputError, match="no space left on .* while writing .*report.json"):
-            write_case_outputs(result, mnt / "o" / "mask.mha", mnt / "o" / "reports" / "report.json")
+            segmenter.write_outputs(result, CaseOutputs(mnt / "o" / "mask.mha", mnt / "o" / "reports" / "report.json"))
         left = files_under(mnt)
     assert left == ["filler"], left
 

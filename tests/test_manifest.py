@@ -17,8 +17,16 @@ def test_toy_manifest_loads_and_verifies(toy_model):
 def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     shutil.copytree(toy_model, tmp_path / "m")
     (tmp_path / "m/toy3d.onnx").write_bytes((tmp_path / "m/toy3d.onnx").read_bytes()[:-1])
-    with pytest.raises(ModelError, match="toy3d.onnx: checksum mismatch"):
+    with pytest.raises(ModelError, match="toy3d.onnx: checksum mismatch") as by_manifest:
         load_manifest(tmp_path / "m")
+    # Building the sessions checks the bytes they are built from (the manifest is then read without verify):
+    # the same one-line refusal, before any network runs.
+    from hieseg.pipeline import Segmenter
+
+    with pytest.raises(ModelError, match="toy3d.onnx: checksum mismatch") as by_sessions:
+        Segmenter(tmp_path / "m", "cpu")
+    assert str(by_sessions.value) == str(by_manifest.value)
+    assert "\n" not in str(by_manifest.value) and "modified or corrupted" in str(by_manifest.value)
 
 
 @pytest.mark.parametrize("edit,message", [

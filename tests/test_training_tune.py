@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hieseg.manifest import Fusion  # noqa: E402
+from hieseg.manifest import MaskRule  # noqa: E402
 from hieseg.postprocess import postprocess  # noqa: E402
 from training import tune as T  # noqa: E402
 
@@ -55,7 +55,7 @@ def test_vectorised_dice_matches_postprocess_everywhere(seed):
         fast = T.post_dice(*table, int(truth.sum()), vox)
         for (a, mc), (b, ep), (c, ev) in itertools.product(enumerate(T.MIN_COMPONENT_MM3),
                                                            enumerate(T.EMPTY_MAX_PROB), enumerate(T.EMPTY_MIN_MM3)):
-            mask = postprocess(prob, brain, SPACING, Fusion(thr, mc, ep, ev))
+            mask = postprocess(prob, brain, SPACING, MaskRule(thr, mc, ep, ev))
             assert fast[a, b, c] == pytest.approx(dice(truth, mask), abs=1e-9)
 
 

@@ -73,11 +73,11 @@ class Choice:
     def extra_passes(self) -> int:
         return sum(len(f) - 1 for f in self.flips)
 
-    def fusion(self):
-        from hieseg.manifest import Fusion
+    def mask_rule(self):
+        from hieseg.manifest import MaskRule
 
-        return Fusion(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
-                      self.empty_min_lesion_mm3)
+        return MaskRule(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
+                        self.empty_min_lesion_mm3)
 
     def describe(self, flip_axes: Sequence[Sequence[int]]) -> dict:
         return {"members": list(self.members), "weights": dict(zip(self.members, self.weights)),
@@ -140,7 +140,7 @@ def mask_of(case: CaseData, choice: Choice) -> np.ndarray:
     from hieseg.postprocess import postprocess
 
     prob = case.fused(choice.members, choice.flips, choice.weights)
-    return case.full(postprocess(prob, case.brain, case.spacing_zyx, choice.fusion()))
+    return case.full(postprocess(prob, case.brain, case.spacing_zyx, choice.mask_rule()))
 
 
 # ---------------------------------------------------------------- the Dice table
