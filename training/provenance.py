@@ -10,13 +10,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from .study import TrainingError
+
 REPO = Path(__file__).resolve().parents[1]
 CHECKED_PATHS = ("training", "hieseg")
 GENERATED = ("training/RESULTS.md", "training/*.png")
 
 
-class DirtyTreeError(SystemExit):
-    """Raised (as a one-line exit) when the tree is dirty and --allow-dirty was not given."""
+class DirtyTreeError(TrainingError):
+    """Raised when the tree is dirty and --allow-dirty was not given (the CLI prints it as one line)."""
 
 
 def _git(*args: str, repo: Path) -> str:
@@ -38,7 +40,7 @@ def check_clean_tree(allow_dirty: bool, repo: Path = REPO) -> dict:
     """The provenance record of the tree an export runs from; refuses a dirty tree unless ``allow_dirty``.
 
     Returns ``{"commit", "dirty", "dirty_paths", "allow_dirty"}`` for the manifest (``dirty_paths`` capped at 50);
-    raises DirtyTreeError (a SystemExit with one line naming the files) when dirty and not allowed.
+    raises DirtyTreeError (one line naming the files) when dirty and not allowed.
     """
     commit = _git("rev-parse", "HEAD", repo=repo).strip()
     dirty = dirty_paths(repo)
