@@ -9,7 +9,8 @@ runtime's ensemble loop) and the ``tune`` stage in a scratch workdir, then check
 - the shipped choice (weights, flips, threshold, component and empty rules) re-scored on the regenerated OOF maps
   against ``cv_scores.in_sample_optimistic``.
 
-Networks that competed in the tuning but were not shipped (e.g. a GPU-trained variant) are not in the model
+Shipped members from several workdirs (pool names ``<network>@<workdir>``) get one scratch workdir each, named
+alike. Networks that competed in the tuning but were not shipped (e.g. a GPU-trained variant) are not in the model
 folder; the headline of such a pool is then checked only through the shipped set's own entry, and the output
 says so.
 """
@@ -33,8 +34,8 @@ log = logging.getLogger("training")
 TOLERANCE = 2e-3  # ONNX Runtime's thread-count-dependent rounding can move a voxel at a threshold, not more
 
 
-def shipped_choice(manifest: dict[str, Any], source: str):
-    """The manifest's fusion as a tune.Choice over pool names ``<network>@<source>``."""
+def shipped_choice(manifest: dict[str, Any]):
+    """The manifest's fusion as a tune.Choice over its pool names ``<network>@<source>``."""
     from .tune import Choice
 
     weights = manifest["provenance"]["fusion_tuning"]["weights"]
@@ -72,16 +73,22 @@ def verify(model_dir: Path, workdir: Path, threads: int = 2) -> list[str]:
 
     manifest = json.loads((model_dir / "manifest.json").read_text())
     weights = manifest["provenance"]["fusion_tuning"]["weights"]
-    sources = {p.split("@", 1)[1] for p in weights}
-    if len(sources) != 1:
-        raise TrainingError(f"shipped members come from several workdirs {sorted(sources)}: not regenerable here")
-    source = sources.pop()
-    networks = sorted(p.split("@", 1)[0] for p in weights)
-    # the scratch workdir is named as the shipped members' source, so that pool names match the manifest's
-    cfg = make_config(workdir=workdir / source, model_dir=model_dir, members=networks, threads=threads)
-    open_workdir(cfg, fresh=False)
-    study = load_study(cfg)
-    stages.oof(study)
+    by_source: dict[str, list[str]] = {}
+    for p in sorted(weights):
+        network, source = p.split("@", 1)
+        by_source.setdefault(source, []).append(network)
+    # one scratch workdir per source, named as the source, so that pool names match the manifest's
+    for source, networks in by_source.items():
+        cfg = make_config(workdir=workdir / source, model_dir=model_dir, members=networks, threads=threads)
+        open_workdir(cfg, fresh=False)
+        study = load_study(cfg)
+        stages.oof(study)
+    first, *others = by_source
+    if others:  # the first source's workdir tunes, the others compete through --compare
+        cfg = make_config(workdir=workdir / first, model_dir=model_dir,
+                          members=sorted(n for v in by_source.values() for n in v),
+                          compare=[workdir / o for o in others], threads=threads)
+        study = load_study(cfg)
     tuning = stages.tune(study)
     scores = manifest["provenance"]["cv_scores"]
     set_name = "+".join(sorted(weights))
@@ -93,7 +100,7 @@ def verify(model_dir: Path, workdir: Path, threads: int = 2) -> list[str]:
     else:
         log.info(f"  the headline's pool also had {sorted(pool - {set_name})}, not shipped: checked through "
                  f"the shipped set's entry only")
-    choice = shipped_choice(manifest, source)
+    choice = shipped_choice(manifest)
     cases = stages.oof_cases(study, study.finished_folds())
     rows = [case_metrics(c.truth, T.mask_of(c, choice), c.spacing_zyx) for c in cases]
     bad += compare("shipped choice, in-sample", T.summarise(rows), scores["in_sample_optimistic"]["overall"])
