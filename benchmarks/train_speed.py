@@ -101,6 +101,7 @@ class Runner:
     warmup_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     error: str | None = None
+    failed_after_s: float | None = None  # how long the failing step ran (a compile that fails: its compile time)
 
     def __post_init__(self):
         s, spec = self.setting, self.spec
@@ -133,11 +134,14 @@ class Runner:
     def run(self, n: int, into: list[float]) -> None:
         if self.error:
             return
+        t = time.perf_counter()
         try:
             for _ in range(n):
+                t = time.perf_counter()
                 into.append(self.step())
         except Exception as e:  # noqa: BLE001 - a failing setting (torch.compile) is a result, not a crash
             self.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+            self.failed_after_s = time.perf_counter() - t
             log.warning("%s failed:\n%s", self.setting.name, traceback.format_exc(limit=3))
 
 
@@ -153,6 +157,8 @@ def summarise(r: Runner) -> dict:
         med = statistics.median(r.step_times)
         out.update(median_step_s=round(med, 4), mean_step_s=round(statistics.fmean(r.step_times), 4),
                    it_per_s=round(1.0 / med, 3), n_steps=len(r.step_times))
+    if r.failed_after_s is not None:
+        out["failed_after_s"] = round(r.failed_after_s, 1)
     if r.setting.compile and r.warmup_times:
         # the first call traces and compiles forward + backward; the rest of it is one ordinary step
         out["compile_s"] = round(r.warmup_times[0] - (out.get("median_step_s") or 0.0), 1)
@@ -287,7 +293,8 @@ def markdown(result: dict) -> str:
         for s in m["settings"]:
             st = s["setting"]
             if "it_per_s" not in s:
-                lines.append(f"| {st['name']} | {st['threads']} | - | - | - | - | - | failed: {s['error']} |")
+                after = f" after {s['failed_after_s']:.0f} s" if "failed_after_s" in s else ""
+                lines.append(f"| {st['name']} | {st['threads']} | - | - | - | - | - | failed{after}: {s['error']} |")
                 continue
             ratio = f"{s['it_per_s'] / base['it_per_s']:.2f}x" if base and not st["data_only"] else ""
             twin = same_threads_fp32(m, st)
