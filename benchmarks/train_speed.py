@@ -7,7 +7,7 @@ prepared cases (``training.train.prepare_case`` with the members' channel specs)
   fp32             the default: float32 forward and backward
   bf16             bfloat16 autocast forward (``amp``; weights, loss and gradients float32)
   bf16+cl          bf16 with the weights and batches in channels-last memory order (``channels_last``)
-  bf16+cl+compile  bf16+cl through torch.compile (``torch_compile``); compile seconds recorded, a failure recorded
+  bf16+cl+compile  bf16+cl through torch.compile (Inductor); compile seconds recorded, a failure recorded
   fp32 1t, bf16 1t, bf16+cl 1t   the same with one intra-op thread instead of two
   fp32 passive, bf16+cl passive   two threads with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep, not spin)
   data, data 1t    Sampler.batch + augment alone (is data loading the bottleneck?), two threads and one
@@ -45,8 +45,7 @@ import torch
 from training import config
 from training.data import ensure_data, load_cases
 from training.nets import build
-from training.train import (Loss, Sampler, compiled, memory_format, next_batch, prepare_case,
-                            train_step)
+from training.train import Loss, Sampler, memory_format, next_batch, prepare_case, train_step
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "train-speed.json"
@@ -110,7 +109,8 @@ class Runner:
         self.fmt = memory_format(spec["kind"], s.channels_last)
         self.net = build(spec["kind"], self.samples[0].image.shape[0], spec["arch"]).to(memory_format=self.fmt)
         self.net.train()
-        self.step_net = compiled(self.net) if s.compile else self.net
+        # the compiled wrapper shares the parameters (train_member has no compile option: it did not pay, see the doc)
+        self.step_net = torch.compile(self.net) if s.compile else self.net
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=spec["lr"], weight_decay=1e-4)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda i: 1.0)
         self.sampler = Sampler(self.samples, spec["kind"], spec["train_patch"], np.random.default_rng(SEED))
