@@ -265,12 +265,6 @@ def memory_format(kind: str, channels_last: bool) -> torch.memory_format:
     return torch.channels_last_3d if kind == "3d" else torch.channels_last
 
 
-def compiled(net: torch.nn.Module) -> torch.nn.Module:
-    """``net`` through torch.compile (Inductor). The compiled wrapper shares the parameters; checkpoints, validation
-    and export keep using ``net`` itself, so its state_dict keys and eager behaviour are unchanged."""
-    return torch.compile(net)
-
-
 def next_batch(sampler: Sampler, size: int, n_intensity: int, gen: torch.Generator, dev: torch.device,
                fmt: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented training batch on ``dev``, the images in ``fmt`` memory order."""
@@ -301,8 +295,7 @@ FIT_AT = (60, 300)
 
 def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Path, loss_name: str,
                  seed: int, log=print, device: str = "cpu", amp: bool = False, eval_every: int = CKPT_EVERY,
-                 time_budget_s: float | None = None, channels_last: bool = False,
-                 torch_compile: bool = False) -> torch.nn.Module:
+                 time_budget_s: float | None = None, channels_last: bool = False) -> torch.nn.Module:
     """Train (or resume) one member; returns the final network. ``out_dir`` holds last.pt, final.pt, curve.json.
 
     ``device``/``amp``: where the steps run and whether the forward pass runs in bfloat16 autocast (the loss and
@@ -311,10 +304,9 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
     are fixed; a cut-off cosine would leave the network at a high learning rate); past 97 % of it the run stops.
     The iterations actually run are recorded in final.pt's spec and in the curve.
 
-    ``channels_last``: weights and batches in channels-last memory order (faster oneDNN convolutions on a CPU,
-    benchmarks/train_speed.py); ``torch_compile``: the training forward/backward through torch.compile. Neither changes
-    the arithmetic's definition nor the checkpoints: final.pt holds plain contiguous float32 tensors under the
-    network's own parameter names, loadable into a freshly built network as before."""
+    ``channels_last``: weights and batches in channels-last memory order (faster oneDNN bf16 convolutions on a CPU:
+    docs/train_speed.md). The arithmetic is the same and so are the checkpoints: final.pt holds plain contiguous
+    float32 tensors under the network's own parameter names, loadable into a freshly built network as before."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final.pt"
     dev = torch.device(device)
@@ -355,14 +347,13 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
     n_int = sum(1 for s in spec["sources"] if s != "prior")
     fmt = memory_format(spec["kind"], channels_last)
     net = net.to(memory_format=fmt)
-    step_net = compiled(net) if torch_compile else net
     net.train()
     running, t0, t_begin = [], time.time(), time.time()
     t_warm = None
     it = start
     while it < plan["iterations"]:
         x, y = next_batch(sampler, spec["batch"], n_int, gen, dev, fmt)
-        running.append(train_step(step_net, opt, loss_fn, x, y, it, amp))
+        running.append(train_step(net, opt, loss_fn, x, y, it, amp))
         sched.step()
         it += 1
         if budgeted:
