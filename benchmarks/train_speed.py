@@ -147,7 +147,7 @@ class Runner:
 
 def prepared_samples(cases: dict, spec: dict) -> list:
     channels = config.channel_specs(spec["sources"], config.DEFAULT_INTENSITY, config.brain_stats(list(cases.values())))
-    return [prepare_case(c, channels, spec["target_spacing_zyx"]) for c in cases.values()]
+    return [prepare_case(c, channels, spec["target_spacing_zyx"], config.CROP_MARGIN_MM) for c in cases.values()]
 
 
 def summarise(r: Runner) -> dict:

@@ -45,7 +45,7 @@ def _samples(cases, base):
 
     spec = config.MEMBERS[base]
     channels = config.channel_specs(spec["sources"], config.DEFAULT_INTENSITY, config.brain_stats(list(cases.values())))
-    return spec, [prepare_case(c, channels, spec["target_spacing_zyx"]) for c in cases.values()]
+    return spec, [prepare_case(c, channels, spec["target_spacing_zyx"], config.CROP_MARGIN_MM) for c in cases.values()]
 
 
 def _two_steps(spec, samples, amp, channels_last):
