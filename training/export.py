@@ -162,8 +162,11 @@ def export_all(study, tuning: dict, log=print) -> dict:
             ckpt = sources[label] / name / f"fold{k}" / "final.pt"
             if ckpt.is_file():
                 state = torch.load(ckpt, map_location="cpu", weights_only=False)
-                runs.append({"fold": k, "iterations": state.get("spec", spec)["iterations"],
-                             "batch": state.get("spec", spec)["batch"], "device": state.get("device", "cpu")})
+                trained_spec = state.get("spec", spec)
+                runs.append({"fold": k, "iterations": trained_spec["iterations"], "batch": trained_spec["batch"],
+                             "device": state.get("device", "cpu"), "amp": state.get("amp", False),
+                             "channels_last": state.get("channels_last", False),
+                             "hard_negative_fraction": trained_spec.get("hard_negative_fraction", 0.0)})
                 net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
                 export_onnx(net, spec["kind"], len(channels), model_dir / fname)
                 sample = study.samples(name, [study.folds[k][0]])[0]
@@ -184,7 +187,10 @@ def export_all(study, tuning: dict, log=print) -> dict:
             members.append({"name": f"{name}_f{k}", "file": fname, "sha256": sha256_file(model_dir / fname),
                             **config.member_entry(spec, channels, fusion["tta_flips"][pool_name],
                                                   round(weight / len(folds), 6))})
+        settings = sources[label] / "settings.json"
         trained[name] = {"source": pool_name, "workdir": tuning.get("sources", {}).get(label, label),
+                         # the settings the source workdir was trained with (loss, intensity, sampling, precision)
+                         "settings": json.loads(settings.read_text()) if settings.is_file() else None,
                          "folds": runs or "kept from the earlier export (see previous_training)",
                          **{k: v for k, v in spec.items() if k not in ("iterations", "batch")}}
     shipped = {m["file"] for m in members}
