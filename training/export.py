@@ -126,7 +126,16 @@ def _previous_export(model_dir: Path) -> dict:
     prov = raw.get("provenance", {})
     return {"sha256": {m["file"]: m["sha256"] for m in raw.get("members", [])},
             "parity": prov.get("parity_max_abs_ort_vs_torch", {}),
-            "checkpoints": prov.get("torch_checkpoint_sha256", {}), "training": prov.get("training")}
+            "checkpoints": prov.get("torch_checkpoint_sha256", {}), "training": _trained_by(prov.get("training"))}
+
+
+def _trained_by(training: dict | None) -> dict | None:
+    """The record of the run that trained the networks: an export that only kept earlier networks points to its own
+    ``previous_training``, so follow that chain instead of nesting one more level per re-export."""
+    while training and training.get("previous_training") and all(
+            isinstance(m.get("folds"), str) for m in (training.get("members") or {}).values()):
+        training = training["previous_training"]
+    return training
 
 
 def export_all(study, tuning: dict, log=print) -> dict:
