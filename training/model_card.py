@@ -128,6 +128,10 @@ def _provenance_lines(prov: dict[str, Any]) -> list[str]:
         lines.append(f"- Trained from commit `{training.get('commit', '?')}`"
                      + (" **with uncommitted changes in training/** (not exactly reproducible from that commit)"
                         if dirty else "") + f"; command: `{training.get('command', '?')}`")
+        earlier = training.get("previous_training")
+        if earlier:  # networks kept from an earlier export: the run that trained them
+            lines.append(f"- Networks kept from an earlier run: trained from commit `{earlier.get('commit', '?')}`; "
+                         f"command: `{earlier.get('command', '?')}`")
     tree = written.get("tree") or {}
     if tree:
         lines.append(f"- Exported from commit `{tree.get('commit', '?')}`, tree "
