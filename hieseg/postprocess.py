@@ -59,9 +59,11 @@ def postprocess(prob: np.ndarray, brain: np.ndarray, spacing_zyx: Sequence[float
     if not mask.any():
         return mask
     if rule.min_component_mm3 / voxel_mm3 <= 1 and rule.empty_min_lesion_mm3 <= 0:
-        # no rule needs the components: skip labelling them
-        empty = rule.empty_max_probability_below > 0 and peak < rule.empty_max_probability_below
-        return np.zeros(prob.shape, dtype=bool) if empty else mask
+        # no component filter and no volume rule: the whole mask is one "component" to the rule (only the peak
+        # rule can apply), so labelling is skipped
+        keep = keep_components(np.array([mask.sum()]), peak, voxel_mm3, rule.min_component_mm3,
+                               rule.empty_max_probability_below, rule.empty_min_lesion_mm3)[0]
+        return mask if keep else np.zeros(prob.shape, dtype=bool)
     box = brain_bbox(mask, (0, 0, 0))  # components cannot reach outside the mask's bounding box
     labels, sizes = label_components(mask[box])
     keep = np.concatenate([[False], keep_components(sizes[1:], peak, voxel_mm3, rule.min_component_mm3,

@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,17 +19,21 @@ from . import config
 from .data import REPO, RawCase
 from .study import Study, TrainingError
 
+if TYPE_CHECKING:
+    from hieseg.ensemble import Predictor
+    from hieseg.manifest import Member
+
 log = logging.getLogger("training")
 
 
-def oof_maps(runner_member: Any, predict: Any, batch_size: int, case: RawCase, crop_margin_mm: float
+def oof_maps(member: Member, predict: Predictor, batch_size: int, case: RawCase, crop_margin_mm: float
              ) -> list[np.ndarray]:
     """One case's probability maps on the native grid, one per TTA flip (config.TTA_FLIPS order), through the
     runtime's own ensemble loop (hieseg.ensemble.run_ensemble) with ``predict`` as the member's predictor."""
     from hieseg import preprocess
     from hieseg.ensemble import Runner, run_ensemble
 
-    member = replace(runner_member, tta_flips=tuple(tuple(f) for f in config.TTA_FLIPS), weight=1.0)
+    member = replace(member, tta_flips=tuple(tuple(f) for f in config.TTA_FLIPS), weight=1.0)
     crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
     out = run_ensemble([Runner(member, predict, batch_size)], case.adc, case.zadc, case.spacing_zyx, crop,
                        keep_flips=True)

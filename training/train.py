@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -38,10 +38,12 @@ def prepare_case(case: RawCase, channels: list[dict], target_spacing, crop_margi
     """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid and the
     rule's false positives there (for hard-negative sampling; from the training case's own label only)."""
     crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
-    prep = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, channels, target_spacing, crop)
+    # the rule rides along as one more channel: ADC and Z-ADC are resampled once for both
+    both = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, [*channels, config.ZADC_RULE], target_spacing,
+                              crop)
+    prep = replace(both, image=both.image[:-1])
     label = preprocess.resample_mask(case.label[crop], prep.image.shape[1:])
-    rule = preprocess.prepare(case.adc, case.zadc, case.spacing_zyx, [config.ZADC_RULE], target_spacing, crop)
-    return Sample(case.case_id, prep.image, label, prep, (rule.image[0] > 0.5) & ~label)
+    return Sample(case.case_id, prep.image, label, prep, (both.image[-1] > 0.5) & ~label)
 
 
 # ---------------------------------------------------------------- sampling
