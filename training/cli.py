@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", action="store_true",
                    help="the workdir holds networks trained on a lent GPU (python -m training.device_cv unpack): "
                         "config.GPU_SCHEDULE, OOF/tune/export/report run here as usual")
+    p.add_argument("--gpu-seeds", type=int, metavar="K",
+                   help="the workdir holds networks trained on a lent GPU, K per member and fold with different seeds, "
+                        "each OOF map their mean (python -m training.device_cv run --seeds K, then unpack); the "
+                        "schedule is the CPU one unless --gpu")
     p.add_argument("--compare", action="append", metavar="WORKDIR",
                    help="tune: OOF predictions of another workdir compete as other variants of the same members "
                         "(e.g. training/runs/cv, whose networks are the exported ones in the model folder)")
@@ -80,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if not stages:
                 return 0
         cfg = make_config(quick=args.quick, workdir=args.workdir, model_dir=args.model_dir, members=args.members,
-                          gpu=args.gpu, iterations=args.iterations,
+                          gpu=args.gpu, gpu_seeds=args.gpu_seeds, iterations=args.iterations,
                           hard_negative_fraction=args.hard_negatives, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
                           folds=args.folds, ship_folds=args.ship_folds, compare=args.compare,
                           allow_dirty=args.allow_dirty, threads=args.threads)

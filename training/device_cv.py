@@ -31,10 +31,10 @@ import numpy as np
 
 from . import config
 from .data import REPO, RawCase
-from .study import load_study, make_config
+from .study import TrainingError, load_study, make_config
 
 PACK = REPO / ".gpu" / "cases.npz"
-GPU_WORKDIR = REPO / "training" / "runs" / "gpu"
+GPU_WORKDIR = REPO / "training" / "runs" / "seeds"
 BUNDLE = "gpu_cv_weights.pt"
 PART_BYTES = 15 * 2**20  # the device returns files of at most 16 MiB
 
@@ -81,134 +81,261 @@ def load_pack(path: Path) -> tuple[dict, dict[str, RawCase]]:
 # ---------------------------------------------------------------- 2. run (there)
 
 
-def gpu_members(quick: bool) -> dict:
-    """The members with the GPU schedule (batch, iterations) in place of the CPU one."""
-    return make_config(quick=quick, gpu=True).members
+def device_members(quick: bool, schedule: str) -> dict:
+    """The members with the schedule the device trains: ``cpu`` (config.MEMBERS, the schedule the shipped networks
+    were tuned with; the device's minutes then buy several networks per fold) or ``gpu`` (config.GPU_SCHEDULE)."""
+    return make_config(quick=quick, gpu=schedule == "gpu").members
 
 
-def worker(data: Path, workdir: Path, name: str, fold: int, device: str, budget_s: float, loss: str,
-           intensity: str, n_workers: int = 1) -> None:
-    """One member on one fold (its own process: its own CUDA context and CPU thread)."""
+def job_order(names: list[str], specs: dict, n_folds: int, seeds: int) -> list[tuple[int, str, int]]:
+    """(seed, member, fold) in the order the workers claim them: seed-major, so that every member x fold has its
+    first network before any has a second (a cut-off run still covers every fold); within a seed the slower 2D
+    member first, so the longest jobs do not start last."""
+    by_cost = sorted(names, key=lambda n: specs[n]["kind"] != "2d")
+    return [(s, n, k) for s in range(seeds) for n in by_cost for k in range(n_folds)]
+
+
+def job_name(seed: int, name: str, fold: int) -> str:
+    return f"{name}_f{fold}_s{seed}"
+
+
+def job_seed(seed: int, name: str, fold: int, kind: str) -> int:
+    """The training seed: seed 0 is the CPU run's (1000 * fold + 1 for 3D, + 2 for 2D), others step by 10."""
+    return 1000 * fold + (1 if kind == "3d" else 2) + 10 * seed
+
+
+def oof_file(workdir: Path, name: str, seed: int, case_id: str) -> Path:
+    return workdir / "oof" / name / f"seed{seed}" / f"{case_id}.npy"
+
+
+OOF_RESERVE_S = 45.0  # a job's OOF pass (8 cases x 2 flips) and final save come out of the deadline too
+SMALL = 1e-3  # OOF probabilities below this are stored as 0 (far below the lowest tuned threshold, 0.03): they compress
+
+
+def pool_worker(data: Path, workdir: Path, slot: int, device: str, deadline: float, loss: str, intensity: str,
+                schedule: str, seeds: int, members: list[str] | None) -> None:
+    """One worker process (its own CUDA context and CPU thread): claims jobs in job_order until none is left or
+    the next one would not finish before ``deadline``; for each, trains the network and writes its out-of-fold
+    probabilities (one map per TTA flip, on the packed crop) as the runtime's ensemble loop computes them."""
+    import traceback
+
     import torch
 
-    from .train import prepare_case, train_member
+    from .stages import oof_maps
+    from .train import as_member, prepare_case, torch_predictor, train_member
 
     torch.set_num_threads(1)
-    if device.startswith("cuda"):
-        torch.backends.cudnn.benchmark = True  # fixed training patch shapes
+    cuda = device.startswith("cuda")
+    if cuda:
+        # the OOF maps must match the exported float32 ONNX on a CPU: no TF32 in the inference convolutions
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     meta, cases = load_pack(data)
-    spec = gpu_members(meta["quick"])[name]
-    channels = config.channel_specs(spec["sources"], intensity, {k: tuple(v) for k, v in meta["stats"].items()})
+    specs = device_members(meta["quick"], schedule)
+    names = [n for n in specs if not members or n in members]
     folds = meta["split"]["folds"]
-    train_ids = [c for f, ids in enumerate(folds) if f != fold for c in ids]
-    # the pack holds crops already: cropping again with the same margin is the identity
     margin = meta.get("crop_margin_mm", config.CROP_MARGIN_MM)
-    train = [prepare_case(cases[c], channels, spec["target_spacing_zyx"], margin) for c in train_ids]
-    val = [prepare_case(cases[c], channels, spec["target_spacing_zyx"], margin) for c in folds[fold]]
-    eval_every = max(int(spec["iterations"]) // 10, 1)
-    # all workers start their clocks together, so each one's timed steps see the whole machine's load
-    ready = workdir / "ready"
-    ready.mkdir(parents=True, exist_ok=True)
-    (ready / f"{name}_f{fold}").touch()
-    t_wait = time.time()
-    while len(list(ready.iterdir())) < n_workers and time.time() - t_wait < 120:
-        time.sleep(0.5)
-    train_member(spec, train, val, workdir / name / f"fold{fold}", loss,
-                 seed=1000 * fold + (1 if spec["kind"] == "3d" else 2), log=log, device=device,
-                 amp=device.startswith("cuda"), eval_every=eval_every, time_budget_s=budget_s)
+    stats = {k: tuple(v) for k, v in meta["stats"].items()}
+    prepared: dict[str, dict] = {}
+    claims, done = workdir / "claims", workdir / "done"
+    reserve = min(OOF_RESERVE_S, (deadline - time.time()) / 4)  # a --quick run's budget is a minute or two
+    for seed, name, fold in job_order(names, specs, len(folds), seeds):
+        job = job_name(seed, name, fold)
+        try:
+            os.close(os.open(claims / job, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        left = deadline - time.time()
+        took = [json.loads(f.read_text())["seconds"] for f in done.glob(f"{name}_f*_s*.json")]
+        if seed > 0 and (not took or left < 1.1 * max(took)):
+            log(f"[{slot}] {job}: skipped ({left:.0f} s left, a {name} job takes {max(took or [0]):.0f} s)")
+            continue
+        if left < 2 * reserve:
+            log(f"[{slot}] {job}: skipped ({left:.0f} s left)")
+            continue
+        t0 = time.time()
+        try:
+            spec = specs[name]
+            if name not in prepared:
+                channels = config.channel_specs(spec["sources"], intensity, stats)
+                prepared[name] = {cid: prepare_case(c, channels, spec["target_spacing_zyx"], margin)
+                                  for cid, c in cases.items()}
+            train = [prepared[name][c] for f, ids in enumerate(folds) if f != fold for c in ids]
+            val = [prepared[name][c] for c in folds[fold]]
+            if cuda:
+                torch.backends.cudnn.benchmark = True  # fixed training patch shapes
+            net = train_member(spec, train, val, workdir / name / f"fold{fold}" / f"seed{seed}", loss,
+                               seed=job_seed(seed, name, fold, spec["kind"]), log=lambda m: log(f"[{slot}] {m}"),
+                               device=device, amp=cuda, eval_every=max(int(spec["iterations"]) // 4, 1),
+                               time_budget_s=left - reserve)
+            if cuda:
+                torch.backends.cudnn.benchmark = False  # every case has its own shape: no autotuning per case
+            member = as_member(name, spec, config.channel_specs(spec["sources"], intensity, stats))
+            for cid in folds[fold]:
+                maps = oof_maps(member, torch_predictor(net, device), spec["infer_batch"], cases[cid], margin)
+                f = oof_file(workdir, name, seed, cid)
+                f.parent.mkdir(parents=True, exist_ok=True)
+                np.save(f, np.stack(maps).astype(np.float16))
+            (done / f"{job}.json").write_text(json.dumps({"seconds": time.time() - t0, "slot": slot}) + "\n")
+            log(f"[{slot}] {job}: trained and OOF written in {time.time() - t0:.0f} s")
+        except Exception:  # one failed job must not take the worker's remaining jobs with it
+            log(f"[{slot}] {job}: FAILED\n{traceback.format_exc()}")
 
 
 def run(data: Path, out: Path, workdir: Path, device: str, budget_s: float, members: list[str] | None,
-        loss: str, intensity: str) -> int:
-    """Every member x fold as parallel worker processes, then the bundle of final weights under ``out``."""
+        loss: str, intensity: str, seeds: int = 1, schedule: str = "cpu", n_workers: int = 12) -> int:
+    """``n_workers`` worker processes share the member x fold x seed jobs until ``budget_s`` is spent, then the
+    OOF maps (each member's mean over the seeds every fold has, and seed 0's alone) and the seed-0 networks go
+    under ``out`` as parts of one compressed bundle, with the curves and the log."""
     meta, _ = load_pack(data)
-    names = [n for n in gpu_members(meta["quick"]) if not members or n in members]
-    jobs = [(n, k) for n in names for k in range(len(meta["split"]["folds"]))]
+    specs = device_members(meta["quick"], schedule)
+    names = [n for n in specs if not members or n in members]
+    n_folds = len(meta["split"]["folds"])
     out.mkdir(parents=True, exist_ok=True)
+    for sub in ("claims", "done", "logs"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+        (workdir / sub).mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    procs = []
     t0 = time.time()
-    logs = workdir / "logs"
-    shutil.rmtree(workdir / "ready", ignore_errors=True)  # the workers' start barrier (see worker)
-    logs.mkdir(parents=True, exist_ok=True)
-    for n, k in jobs:
+    deadline = t0 + budget_s
+    procs = []
+    for slot in range(n_workers):
         cmd = [sys.executable, "-m", "training.device_cv", "worker", "--data", str(data), "--workdir", str(workdir),
-               "--member", n, "--fold", str(k), "--device", device, "--budget", str(budget_s), "--loss", loss,
-               "--intensity", intensity, "--n-workers", str(len(jobs))]
-        logf = logs / f"{n}_f{k}.log"
+               "--slot", str(slot), "--device", device, "--deadline", f"{deadline:.1f}", "--loss", loss,
+               "--intensity", intensity, "--schedule", schedule, "--seeds", str(seeds)]
+        if members:
+            cmd += ["--members", ",".join(members)]
+        logf = workdir / "logs" / f"worker{slot}.log"
         with open(logf, "w") as fh:
-            procs.append((n, k, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), logf))
-    log(f"{len(jobs)} workers started ({device}, budget {budget_s:.0f} s each)")
-    hard_stop = t0 + 60 + 1.1 * budget_s  # data preparation + the budget + slack: then whatever finished ships
-    while any(p.poll() is None for _, _, p, _ in procs):  # progress, so a cut-off call still shows where it was
+            procs.append((slot, subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT), logf))
+    n_jobs = len(job_order(names, specs, n_folds, seeds))
+    log(f"{n_workers} workers on {n_jobs} jobs ({len(names)} members x {n_folds} folds x {seeds} seeds, {schedule} "
+        f"schedule, {device}, {budget_s:.0f} s)")
+    hard_stop = deadline + 30  # a job's own budget ends before the deadline; past this, whatever finished ships
+    while any(p.poll() is None for _, p, _ in procs):
         time.sleep(2 if meta["quick"] else 30)
         if time.time() > hard_stop:
-            for n, k, p, _ in procs:
+            for slot, p, _ in procs:
                 if p.poll() is None:
-                    log(f"{n}_f{k}: past the hard stop, killed")
+                    log(f"worker {slot}: past the hard stop, killed")
                     p.kill()
-        last = [f"{n}_f{k}: " + (lf.read_text().strip().splitlines() or ["-"])[-1][-90:] for n, k, _, lf in procs]
-        log(f"{time.time() - t0:.0f}s\n  " + "\n  ".join(last))
-    failed = [f"{n}_f{k}" for n, k, p, _ in procs if p.returncode != 0]
-    text = "\n".join(f"==== {n} fold {k} (exit {p.returncode})\n{lf.read_text()}" for n, k, p, lf in procs)
-    (out / "workers.log").write_text(text)
-    for n, k, p, lf in procs:
-        if p.returncode != 0:
-            print(f"==== {n} fold {k} failed (exit {p.returncode}):\n{lf.read_text()[-3000:]}", flush=True)
+        last = [f"[{slot}] " + (lf.read_text().strip().splitlines() or ["-"])[-1][-100:] for slot, _, lf in procs]
+        log(f"{time.time() - t0:.0f}s, {len(list((workdir / 'done').iterdir()))}/{n_jobs} jobs done\n  "
+            + "\n  ".join(last))
+    (out / "workers.log").write_text("\n".join(f"==== worker {slot}\n{lf.read_text()}" for slot, _, lf in procs))
+    failed = [line for _, _, lf in procs for line in lf.read_text().splitlines() if line.endswith("FAILED")]
     log(f"workers done in {time.time() - t0:.0f}s; failed: {failed or 'none'}")
-    bundle_weights(workdir, names, len(meta["split"]["folds"]), out)
+    bundle_results(workdir, meta, names, n_folds, seeds, out)
     return 1 if failed else 0
 
 
-def bundle_weights(workdir: Path, names: list[str], n_folds: int, out: Path) -> None:
-    """Every finished final.pt in one torch file, split into parts the device may return."""
+def seeds_done(workdir: Path, meta: dict, names: list[str], seeds: int) -> dict[str, int]:
+    """Per member, the number K of seeds 0..K-1 whose networks finished on every fold (their OOF maps complete):
+    the member's OOF maps average exactly these, the same count on every fold."""
+    folds = meta["split"]["folds"]
+    out = {}
+    for n in names:
+        k = 0
+        while k < seeds and all((workdir / "done" / f"{job_name(k, n, f)}.json").is_file() for f in range(len(folds))):
+            k += 1
+        out[n] = k
+    return out
+
+
+def bundle_results(workdir: Path, meta: dict, names: list[str], n_folds: int, seeds: int, out: Path) -> None:
+    """Seed-0 networks (what ships), each member's OOF maps (the mean over its complete seeds, and seed 0's alone),
+    in one zlib-compressed torch file split into parts the device may return; curves and job times beside it."""
     import io
+    import zlib
 
     import torch
 
-    bundle = {}
+    k_done = seeds_done(workdir, meta, names, seeds)
+    k_all = min(k_done.values())  # every member's maps average the same number of networks per fold
+    bundle: dict = {"nets": {}, "oof": {}, "seeds": k_done, "k": k_all, "jobs": {}, "curves": {}}
     for n in names:
         for k in range(n_folds):
-            f = workdir / n / f"fold{k}" / "final.pt"
-            if f.is_file():
-                bundle[f"{n}/fold{k}"] = torch.load(f, map_location="cpu", weights_only=False)
+            for s in range(seeds):
+                d = workdir / n / f"fold{k}" / f"seed{s}"
+                if (d / "final.pt").is_file():
+                    state = torch.load(d / "final.pt", map_location="cpu", weights_only=False)
+                    bundle["curves"][f"{n}/fold{k}/seed{s}"] = {"curve": state.get("curve"),
+                                                                 "iterations": state["spec"]["iterations"]}
+                    if s == 0:
+                        bundle["nets"][f"{n}/fold{k}"] = state
+        if k_all == 0:
+            log(f"{n}: no fold-complete seed, no OOF maps bundled")
+            continue
+        bundle["oof"][n] = {}
+        for cid in meta["case_ids"]:
+            maps = [np.load(oof_file(workdir, n, s, cid)).astype(np.float32) for s in range(k_all)]
+            bundle["oof"][n][cid] = {key: np.where(m < SMALL, 0, m).astype(np.float16)
+                                     for key, m in (("mean", np.mean(maps, axis=0)), ("seed0", maps[0]))}
+    for f in (workdir / "done").glob("*.json"):
+        bundle["jobs"][f.stem] = json.loads(f.read_text())
     buf = io.BytesIO()
     torch.save(bundle, buf)
-    raw = buf.getvalue()
+    raw = zlib.compress(buf.getvalue(), 6)
     for i in range(0, len(raw), PART_BYTES):
         (out / f"{BUNDLE}.part{i // PART_BYTES}").write_bytes(raw[i:i + PART_BYTES])
-    curves = {key: v.get("curve") for key, v in bundle.items()}
-    specs = {key: {"iterations": v["spec"]["iterations"], "batch": v["spec"]["batch"], "device": v.get("device"),
-                   "amp": v.get("amp")} for key, v in bundle.items()}
-    (out / "gpu_cv_curves.json").write_text(json.dumps({"curves": curves, "specs": specs}) + "\n")
-    log(f"bundled {len(bundle)} networks ({len(raw) / 2**20:.1f} MiB) into {out}")
+    (out / "gpu_cv_curves.json").write_text(json.dumps({"seeds": k_done, "jobs": bundle["jobs"],
+                                                        "curves": bundle["curves"]}) + "\n")
+    log(f"bundled {len(bundle['nets'])} networks and OOF maps averaged over {k_all} seeds (complete: {k_done}) ({len(raw) / 2**20:.1f} MiB) "
+        f"into {out}")
 
 
 # ---------------------------------------------------------------- 3. unpack (here)
 
 
 def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LOSS,
-           intensity: str = config.DEFAULT_INTENSITY) -> list[str]:
-    """The returned parts joined, each network written as ``<workdir>/<member>/fold<k>/final.pt`` (+ curve.json),
-    and the workdir's settings as the training CLI expects them (``--gpu``)."""
+           intensity: str = config.DEFAULT_INTENSITY, schedule: str = "cpu") -> dict[str, int]:
+    """The returned parts joined. Into ``workdir``: each seed-0 network as ``<member>/fold<k>/final.pt`` (+ curve),
+    the OOF maps averaged over the seeds as the oof stage writes them (on the native grid), and settings.json as
+    the training CLI expects them (``--gpu-seeds K``). Seed 0's own OOF maps go to ``<workdir>-single`` (the
+    same networks scored one at a time). Returns the seeds per member."""
     import io
+    import zlib
 
     import torch
+
+    from hieseg import preprocess
+
+    from .stages import save_oof
 
     parts = sorted(src.glob(f"{BUNDLE}.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
     if not parts:
         raise FileNotFoundError(f"{src}: no {BUNDLE}.part* files")
-    bundle = torch.load(io.BytesIO(b"".join(p.read_bytes() for p in parts)), map_location="cpu", weights_only=False)
-    for key, state in bundle.items():
+    bundle = torch.load(io.BytesIO(zlib.decompress(b"".join(p.read_bytes() for p in parts))), map_location="cpu",
+                        weights_only=False)
+    k_done, k_all = bundle["seeds"], bundle["k"]
+    if k_all == 0:
+        raise TrainingError(f"{src}: no member has a network on every fold (seeds complete: {k_done})")
+    quick = any(v["spec"]["iterations"] <= 8 for v in bundle["nets"].values())
+    single = workdir.with_name(workdir.name + "-single")
+    for wd, k in ((workdir, k_all), (single, 1)):
+        cfg = make_config(quick=quick, workdir=wd, loss=loss, intensity=intensity, gpu_seeds=k, gpu=schedule == "gpu")
+        wd.mkdir(parents=True, exist_ok=True)
+        (wd / "settings.json").write_text(json.dumps(cfg.settings()) + "\n")
+    for key, state in bundle["nets"].items():
         d = workdir / key
         d.mkdir(parents=True, exist_ok=True)
         torch.save(state, d / "final.pt")
         (d / "curve.json").write_text(json.dumps(state.get("curve")) + "\n")
-    settings = {"loss": loss, "intensity": intensity, "schedule": "gpu"}
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "settings.json").write_text(json.dumps(settings) + "\n")
-    log(f"unpacked {len(bundle)} networks into {workdir}: {sorted(bundle)}")
-    return sorted(bundle)
+    study = load_study(make_config(quick=quick))
+    margin = study.config.crop_margin_mm
+    for name, per_case in bundle["oof"].items():
+        for cid, maps in per_case.items():
+            c = study.cases[cid]
+            crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, margin)
+            for wd, key in ((workdir, "mean"), (single, "seed0")):
+                full = np.zeros((maps[key].shape[0], *c.adc.shape), np.float32)
+                full[(slice(None), *crop)] = maps[key]
+                save_oof(study.oof_path(name, cid, wd), list(full))
+    (workdir / "device_jobs.json").write_text(json.dumps({"seeds": k_done, "jobs": bundle["jobs"],
+                                                          "curves": bundle["curves"]}) + "\n")
+    log(f"unpacked {len(bundle['nets'])} networks into {workdir}, OOF maps averaged over {k_all} seeds; "
+        f"seed 0's alone in {single}")
+    return k_all
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,34 +348,44 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("run", "worker"):
         a = sub.add_parser(name)
         a.add_argument("--data", type=Path, default=PACK)
-        a.add_argument("--workdir", type=Path, default=GPU_WORKDIR)
+        a.add_argument("--workdir", type=Path, default=REPO / ".gpu" / "work")
         a.add_argument("--device", default="cuda")
-        a.add_argument("--budget", type=float, default=420.0, help="seconds per worker, training and validation")
         a.add_argument("--loss", default=config.DEFAULT_LOSS, choices=config.LOSSES)
         a.add_argument("--intensity", default=config.DEFAULT_INTENSITY, choices=config.INTENSITIES)
-        if name == "worker":
-            a.add_argument("--n-workers", type=int, default=1)
+        a.add_argument("--schedule", default="cpu", choices=("cpu", "gpu"),
+                       help="cpu: config.MEMBERS' schedule, several networks per fold; gpu: config.GPU_SCHEDULE")
+        a.add_argument("--seeds", type=int, default=5, help="networks per member and fold (different seeds); the "
+                       "OOF maps average them as the runtime averages its 5 fold networks")
+        a.add_argument("--members", type=lambda v: v.split(","))
         if name == "run":
+            a.add_argument("--budget", type=float, default=420.0, help="seconds of training for the whole pool")
+            a.add_argument("--workers", type=int, default=12, help="worker processes sharing the device")
             a.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / ".gpu" / "out")))
-            a.add_argument("--members", type=lambda s: s.split(","))
         else:
-            a.add_argument("--member", required=True)
-            a.add_argument("--fold", type=int, required=True)
+            a.add_argument("--slot", type=int, required=True)
+            a.add_argument("--deadline", type=float, required=True, help="epoch seconds")
     a = sub.add_parser("unpack")
     a.add_argument("src", type=Path)
     a.add_argument("--workdir", type=Path, default=GPU_WORKDIR)
+    a.add_argument("--loss", default=config.DEFAULT_LOSS, choices=config.LOSSES)
+    a.add_argument("--intensity", default=config.DEFAULT_INTENSITY, choices=config.INTENSITIES)
+    a.add_argument("--schedule", default="cpu", choices=("cpu", "gpu"))
     args = p.parse_args(argv)
     if args.cmd == "pack":
         pack(args.out, args.quick)
         return 0
     if args.cmd == "worker":
-        worker(args.data, args.workdir, args.member, args.fold, args.device, args.budget, args.loss, args.intensity,
-               args.n_workers)
+        pool_worker(args.data, args.workdir, args.slot, args.device, args.deadline, args.loss, args.intensity,
+                    args.schedule, args.seeds, args.members)
         return 0
     if args.cmd == "run":
         return run(args.data, args.out, args.workdir, args.device, args.budget, args.members, args.loss,
-                   args.intensity)
-    unpack(args.src, args.workdir)
+                   args.intensity, args.seeds, args.schedule, args.workers)
+    try:
+        unpack(args.src, args.workdir, args.loss, args.intensity, args.schedule)
+    except TrainingError as exc:
+        log(f"error: {exc}")
+        return 2
     return 0
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU cross-validation in one prepared command (see training/device_cv.py and training/README.md).
 #   training/device_cv.sh wheels   here: MONAI's wheel into .gpu/ (the GPU machine reaches no index)
-#   training/device_cv.sh run      there: pip-installs the carried wheel, trains every member x fold, writes $OUT
-# Usage with the device tool: carry [".gpu"], command "training/device_cv.sh run", timeout 570 s.
+#   training/device_cv.sh run      there: pip-installs the carried wheel, trains every member x fold x seed it can in
+#                                  the budget, computes their OOF maps there, writes networks + maps to $OUT
+# Usage with the device tool: carry [".gpu"], command "training/device_cv.sh run --budget 450", timeout 580 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 case "${1:-}" in

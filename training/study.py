@@ -32,7 +32,9 @@ class TrainConfig:
     intensity: str = config.DEFAULT_INTENSITY
     crop_margin_mm: float = config.CROP_MARGIN_MM
     quick: bool = False
-    schedule: str = "cpu"  # "gpu": networks trained on a lent GPU (config.GPU_SCHEDULE)
+    schedule: str = "cpu"  # "gpu": config.GPU_SCHEDULE (networks trained on a lent GPU)
+    trained_on: str = "cpu"  # "gpu": the networks came from a lent GPU (training/device_cv.py), not from cv here
+    oof_networks: int = 1  # networks per member and fold (seeds) whose mean is each OOF map; the first one ships
     iterations: dict[str, int] = field(default_factory=dict)  # overrides of config.MEMBERS' iterations
     hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
     bf16: bool = False  # CPU fast path: bfloat16 autocast forward + channels-last (benchmarks/train_speed.py)
@@ -49,6 +51,10 @@ class TrainConfig:
             out["iterations"] = self.iterations
         if self.schedule == "gpu":
             out["schedule"] = "gpu"
+        elif self.trained_on == "gpu":
+            out["trained_on"] = "gpu"
+        if self.oof_networks > 1:
+            out["oof_networks"] = self.oof_networks
         if self.hard_negative_fraction:
             out["hard_negative_fraction"] = self.hard_negative_fraction
         if self.bf16:
@@ -73,18 +79,24 @@ class TrainConfig:
             parts += ["--hard-negatives", str(self.hard_negative_fraction)]
         if self.bf16:
             parts += ["--bf16"]
-        if self.schedule == "gpu":
-            parts = ["training/device_cv.sh run (on a lent GPU; see training/README.md), then"] + parts + ["--gpu"]
+        if self.trained_on == "gpu":
+            device = (["--schedule gpu"] if self.schedule == "gpu" else []) + [f"--seeds {self.oof_networks}"]
+            parts = [f"training/device_cv.sh run {' '.join(device)} (on a lent GPU; see training/README.md), "
+                     "then"] + parts + (["--gpu"] if self.schedule == "gpu" else [])
+            if self.schedule != "gpu" or self.oof_networks > 1:
+                parts += ["--gpu-seeds", str(self.oof_networks)]
         for d in self.compare:
             parts += ["--compare", _relative(d)]
         return " ".join(parts)
 
 
 def make_config(*, quick: bool = False, workdir: str | Path | None = None, model_dir: str | Path | None = None,
-                members: list[str] | None = None, gpu: bool = False, iterations: dict[str, int] | None = None,
+                members: list[str] | None = None, gpu: bool = False, gpu_seeds: int | None = None, iterations: dict[str, int] | None = None,
                 hard_negative_fraction: float | None = None, **settings: Any) -> TrainConfig:
     """A run's configuration from the CLI's choices: config.MEMBERS (or the quick schedule), restricted to
-    ``members``, with the GPU schedule or ``iterations`` applied; default folders under training/runs/."""
+    ``members``, with the GPU schedule or ``iterations`` applied; default folders under training/runs/.
+    ``gpu``: networks trained on a lent GPU with config.GPU_SCHEDULE; ``gpu_seeds``: networks trained on a lent GPU,
+    that many per member and fold, their mean being each OOF map (with the CPU schedule unless ``gpu``)."""
     specs = config.quick(config.MEMBERS) if quick else config.MEMBERS
     if members:
         unknown = set(members) - set(specs)
@@ -104,7 +116,10 @@ def make_config(*, quick: bool = False, workdir: str | Path | None = None, model
         specs = {n: {**m, "hard_negative_fraction": hard_negative_fraction} for n, m in specs.items()}
     wd = Path(workdir) if workdir else REPO / "training" / "runs" / ("quick" if quick else "cv")
     md = Path(model_dir) if model_dir else (wd / "model" if quick else REPO / "model")
+    if gpu_seeds is not None and gpu_seeds < 1:
+        raise TrainingError(f"--gpu-seeds {gpu_seeds}: at least one network per fold")
     return TrainConfig(members=specs, workdir=wd, model_dir=md, quick=quick, schedule="gpu" if gpu else "cpu",
+                       trained_on="gpu" if gpu or gpu_seeds else "cpu", oof_networks=gpu_seeds or 1,
                        iterations=dict(iterations or {}), hard_negative_fraction=hard_negative_fraction or 0.0,
                        **{k: (tuple(Path(d) for d in v) if k == "compare" else v)
                           for k, v in settings.items() if v is not None})
