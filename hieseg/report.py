@@ -9,7 +9,6 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .io import write_text
 from .postprocess import component_sizes
 
 BURDEN_CLASSES = ("<1%", "1-5%", ">5%")
@@ -51,4 +50,6 @@ def write_summary_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
+    from .io import write_text  # SimpleITK's module: the metrics (which import this one) must load without it
+
     return write_text(buffer.getvalue(), path)

@@ -147,7 +147,7 @@ def pool_worker(data: Path, workdir: Path, slot: int, device: str, deadline: flo
             continue
         left = deadline - time.time()
         took = [json.loads(f.read_text())["seconds"] for f in done.glob(f"{name}_f*_s*.json")]
-        if seed > 0 and (not took or left < 1.1 * max(took)):
+        if took and left < 1.1 * max(took):  # no estimate yet: start it (its own budget stops it in time)
             log(f"[{slot}] {job}: skipped ({left:.0f} s left, a {name} job takes {max(took or [0]):.0f} s)")
             continue
         if left < 2 * reserve:
