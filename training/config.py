@@ -47,7 +47,7 @@ GPU_SCHEDULE = {
     "unetpp2d": {"batch": 32, "iterations": 6000},  # CPU: 16 x 1200
 }
 
-LOSSES = ("tlhf", "tvhd", "dicefocal")
+LOSSES = ("tlhf", "tvhd", "tvfocal", "dicefocal")
 INTENSITIES = ("stats", "sparseg")
 DEFAULT_LOSS = "dicefocal"  # won the fold-0 proxy (RESULTS.md)
 DEFAULT_INTENSITY = "stats"

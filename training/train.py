@@ -211,6 +211,9 @@ class Loss:
         elif name == "tvhd":  # Tversky + HausdorffDT
             self.tversky = TverskyLoss(sigmoid=True, alpha=0.3, beta=0.7, batch=True)
             self.hd = HausdorffDTLoss(sigmoid=True, include_background=True)
+        elif name == "tvfocal":  # precision-weighted Tversky (MONAI: alpha weighs false positives) + Focal(gamma 2)
+            self.tversky = TverskyLoss(sigmoid=True, alpha=0.7, beta=0.3, batch=True)
+            self.focal = FocalLoss(gamma=2.0)
         elif name == "dicefocal":
             self.df = DiceFocalLoss(sigmoid=True, batch=True)
         else:
@@ -222,6 +225,8 @@ class Loss:
             return 1.5 * self.tversky(logits, target) + 2.0 * self.hd(logits, target) + ramp * self.focal(logits, target)
         if self.name == "tvhd":
             return self.tversky(logits, target) + self.hd(logits, target)
+        if self.name == "tvfocal":
+            return self.tversky(logits, target) + self.focal(logits, target)
         return self.df(logits, target)
 
 
