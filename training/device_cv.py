@@ -178,7 +178,7 @@ def pool_worker(data: Path, workdir: Path, slot: int, device: str, deadline: flo
                 np.save(f, np.stack(maps).astype(np.float16))
             (done / f"{job}.json").write_text(json.dumps({"seconds": time.time() - t0, "slot": slot}) + "\n")
             log(f"[{slot}] {job}: trained and OOF written in {time.time() - t0:.0f} s")
-        except Exception:  # one failed job must not take the worker's remaining jobs with it
+        except Exception:  # noqa: BLE001 -- one failed job must not take the worker's remaining jobs with it
             log(f"[{slot}] {job}: FAILED\n{traceback.format_exc()}")
 
 
@@ -225,7 +225,7 @@ def run(data: Path, out: Path, workdir: Path, device: str, budget_s: float, memb
     (out / "workers.log").write_text("\n".join(f"==== worker {slot}\n{lf.read_text()}" for slot, _, lf in procs))
     failed = [line for _, _, lf in procs for line in lf.read_text().splitlines() if line.endswith("FAILED")]
     log(f"workers done in {time.time() - t0:.0f}s; failed: {failed or 'none'}")
-    bundle_results(workdir, meta, names, n_folds, seeds, out)
+    bundle_results(workdir, meta, specs, names, n_folds, seeds, out)
     return 1 if failed else 0
 
 
@@ -242,17 +242,20 @@ def seeds_done(workdir: Path, meta: dict, names: list[str], seeds: int) -> dict[
     return out
 
 
-def bundle_results(workdir: Path, meta: dict, names: list[str], n_folds: int, seeds: int, out: Path) -> None:
-    """Seed-0 networks (what ships), each member's OOF maps (the mean over its complete seeds, and seed 0's alone),
-    in one zlib-compressed torch file split into parts the device may return; curves and job times beside it."""
+def bundle_results(workdir: Path, meta: dict, specs: dict, names: list[str], n_folds: int, seeds: int,
+                   out: Path) -> None:
+    """Seed-0 networks (what ships) and every member's OOF maps of each seed that finished on every fold (unpack
+    chooses which to average: they compress to ~1 MiB per seed, the networks take the rest), in one
+    zlib-compressed torch file split into parts the device may return; curves and job times beside it."""
     import io
     import zlib
 
     import torch
 
     k_done = seeds_done(workdir, meta, names, seeds)
-    k_all = min(k_done.values())  # every member's maps average the same number of networks per fold
-    bundle: dict = {"nets": {}, "oof": {}, "seeds": k_done, "k": k_all, "jobs": {}, "curves": {}}
+    k_all = min(k_done.values())  # seeds with a network on every member x fold
+    bundle: dict = {"nets": {}, "oof": {}, "seeds": k_done, "k": k_all, "n_folds": n_folds, "jobs": {},
+                    "curves": {}, "planned": {n: int(specs[n]["iterations"]) for n in names}}
     for n in names:
         for k in range(n_folds):
             for s in range(seeds):
@@ -264,13 +267,12 @@ def bundle_results(workdir: Path, meta: dict, names: list[str], n_folds: int, se
                     if s == 0:
                         bundle["nets"][f"{n}/fold{k}"] = state
         if k_all == 0:
-            log(f"{n}: no fold-complete seed, no OOF maps bundled")
+            log(f"{n}: no seed finished on every fold, no OOF maps bundled")
             continue
         bundle["oof"][n] = {}
         for cid in meta["case_ids"]:
-            maps = [np.load(oof_file(workdir, n, s, cid)).astype(np.float32) for s in range(k_all)]
-            bundle["oof"][n][cid] = {key: np.where(m < SMALL, 0, m).astype(np.float16)
-                                     for key, m in (("mean", np.mean(maps, axis=0)), ("seed0", maps[0]))}
+            maps = np.stack([np.load(oof_file(workdir, n, s, cid)) for s in range(k_all)])
+            bundle["oof"][n][cid] = np.where(maps < SMALL, 0, maps).astype(np.float16)
     for f in (workdir / "done").glob("*.json"):
         bundle["jobs"][f.stem] = json.loads(f.read_text())
     buf = io.BytesIO()
@@ -280,19 +282,27 @@ def bundle_results(workdir: Path, meta: dict, names: list[str], n_folds: int, se
         (out / f"{BUNDLE}.part{i // PART_BYTES}").write_bytes(raw[i:i + PART_BYTES])
     (out / "gpu_cv_curves.json").write_text(json.dumps({"seeds": k_done, "jobs": bundle["jobs"],
                                                         "curves": bundle["curves"]}) + "\n")
-    log(f"bundled {len(bundle['nets'])} networks and OOF maps averaged over {k_all} seeds (complete: {k_done}) ({len(raw) / 2**20:.1f} MiB) "
-        f"into {out}")
+    log(f"bundled {len(bundle['nets'])} networks and the OOF maps of {k_all} seed(s) (finished per member: "
+        f"{k_done}; {len(raw) / 2**20:.1f} MiB) into {out}")
+
+
+def full_schedule_seeds(bundle: dict) -> list[int]:
+    """The bundled seeds whose networks ran their whole planned schedule on every member x fold. A job cut by the
+    deadline stops mid-cosine, at a high learning rate: its maps would weaken the mean, so they are left out."""
+    k = bundle["k"]
+    return [s for s in range(k) if all(bundle["curves"][f"{n}/fold{f}/seed{s}"]["iterations"] >= planned
+                                       for n, planned in bundle["planned"].items() for f in range(bundle["n_folds"]))]
 
 
 # ---------------------------------------------------------------- 3. unpack (here)
 
 
 def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LOSS,
-           intensity: str = config.DEFAULT_INTENSITY, schedule: str = "cpu") -> dict[str, int]:
+           intensity: str = config.DEFAULT_INTENSITY, schedule: str = "cpu") -> int:
     """The returned parts joined. Into ``workdir``: each seed-0 network as ``<member>/fold<k>/final.pt`` (+ curve),
-    the OOF maps averaged over the seeds as the oof stage writes them (on the native grid), and settings.json as
-    the training CLI expects them (``--gpu-seeds K``). Seed 0's own OOF maps go to ``<workdir>-single`` (the
-    same networks scored one at a time). Returns the seeds per member."""
+    the OOF maps averaged over the full-schedule seeds (full_schedule_seeds) as the oof stage writes them (on the
+    native grid), and settings.json as the training CLI expects them (``--gpu-seeds K``). Seed 0's own OOF maps go
+    to ``<workdir>-single`` (the shipped networks scored one at a time). Returns K."""
     import io
     import zlib
 
@@ -304,15 +314,18 @@ def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LO
 
     parts = sorted(src.glob(f"{BUNDLE}.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
     if not parts:
-        raise FileNotFoundError(f"{src}: no {BUNDLE}.part* files")
+        raise TrainingError(f"{src}: no {BUNDLE}.part* files")
     bundle = torch.load(io.BytesIO(zlib.decompress(b"".join(p.read_bytes() for p in parts))), map_location="cpu",
                         weights_only=False)
-    k_done, k_all = bundle["seeds"], bundle["k"]
-    if k_all == 0:
-        raise TrainingError(f"{src}: no member has a network on every fold (seeds complete: {k_done})")
+    if bundle["k"] == 0:
+        raise TrainingError(f"{src}: no seed has a network on every member x fold (finished: {bundle['seeds']})")
+    used = full_schedule_seeds(bundle)
+    if not used:
+        log(f"warning: no seed ran its full schedule on every fold; averaging all {bundle['k']} finished seeds")
+        used = list(range(bundle["k"]))
     quick = any(v["spec"]["iterations"] <= 8 for v in bundle["nets"].values())
     single = workdir.with_name(workdir.name + "-single")
-    for wd, k in ((workdir, k_all), (single, 1)):
+    for wd, k in ((workdir, len(used)), (single, 1)):
         cfg = make_config(quick=quick, workdir=wd, loss=loss, intensity=intensity, gpu_seeds=k, gpu=schedule == "gpu")
         wd.mkdir(parents=True, exist_ok=True)
         (wd / "settings.json").write_text(json.dumps(cfg.settings()) + "\n")
@@ -324,18 +337,18 @@ def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LO
     study = load_study(make_config(quick=quick))
     margin = study.config.crop_margin_mm
     for name, per_case in bundle["oof"].items():
-        for cid, maps in per_case.items():
+        for cid, maps in per_case.items():  # maps: (seed, flip, z, y, x) on the packed crop
             c = study.cases[cid]
             crop = preprocess.crop_to_brain(c.adc, c.spacing_zyx, margin)
-            for wd, key in ((workdir, "mean"), (single, "seed0")):
-                full = np.zeros((maps[key].shape[0], *c.adc.shape), np.float32)
-                full[(slice(None), *crop)] = maps[key]
+            for wd, seed_maps in ((workdir, maps[used]), (single, maps[:1])):
+                full = np.zeros((maps.shape[1], *c.adc.shape), np.float32)
+                full[(slice(None), *crop)] = seed_maps.astype(np.float32).mean(axis=0)
                 save_oof(study.oof_path(name, cid, wd), list(full))
-    (workdir / "device_jobs.json").write_text(json.dumps({"seeds": k_done, "jobs": bundle["jobs"],
-                                                          "curves": bundle["curves"]}) + "\n")
-    log(f"unpacked {len(bundle['nets'])} networks into {workdir}, OOF maps averaged over {k_all} seeds; "
-        f"seed 0's alone in {single}")
-    return k_all
+    (workdir / "device_jobs.json").write_text(json.dumps({"seeds_finished": bundle["seeds"], "seeds_averaged": used,
+                                                          "jobs": bundle["jobs"], "curves": bundle["curves"]}) + "\n")
+    log(f"unpacked {len(bundle['nets'])} networks into {workdir}, OOF maps averaged over seeds {used} (of "
+        f"{bundle['k']} finished); seed 0's alone in {single}")
+    return len(used)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,21 +3,27 @@
 The shipped model averages the five fold networks of each member, but every OOF map comes from one network (the
 other four trained on the case), so the gap cannot be measured directly. What can be measured out of fold: each
 fold was trained twice per member (the CPU run, training/runs/cv, and the GPU run, training/runs/gpu; both on the
-other folds only), so a two-network average is out of fold too. This compares, on the 40 cases:
+other folds only), so a two-network average is out of fold too. A lent GPU trains several networks per fold with different seeds
+(training/device_cv.py) and returns their mean OOF maps (workdir ``seeds``) and seed 0's alone (``seeds-single``):
+``--single training/runs/seeds-single --average training/runs/seeds`` compares those. On the 40 cases:
 
 - the shipped choice (tuned on single networks) applied to single-network maps and to two-network averages;
 - the choice re-tuned on the averages (in-sample, like the first) and its threshold;
 - both procedures nested (chosen on the other folds).
 
     training/.venv/bin/python -m training.probe_average   # -> training/probe_average.json
+    training/.venv/bin/python -m training.probe_average --single training/runs/seeds-single \
+        --average training/runs/seeds --out training/probe_average_seeds.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -30,20 +36,33 @@ log = logging.getLogger("training")
 OUT = REPO / "training" / "probe_average.json"
 
 
-def main() -> int:
+def _per_flip(study, name: str, case_id: str, workdir: Path) -> np.ndarray:
+    return np.load(study.oof_path(name, case_id, workdir))["per_flip"].astype(np.float32)
+
+
+def _relative(path: Path) -> str:
+    return str(path.relative_to(REPO) if path.is_absolute() and path.is_relative_to(REPO) else path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.probe_average", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs = REPO / "training" / "runs"
+    p.add_argument("--single", type=Path, default=runs / "cv", help="workdir of one network per fold")
+    p.add_argument("--average", type=Path, nargs="+", default=[runs / "cv", runs / "gpu"],
+                   help="workdir(s) whose OOF maps, averaged, are the several-network maps")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     study = load_study(make_config())
-    runs = {"cv": REPO / "training" / "runs" / "cv", "gpu": REPO / "training" / "runs" / "gpu"}
     cases = []
     for k, ids in enumerate(study.folds):
         for cid in ids:
             c = study.cases[cid]
             maps = {}
             for n in study.members:
-                single = np.load(study.oof_path(n, cid, runs["cv"]))["per_flip"].astype(np.float32)
-                other = np.load(study.oof_path(n, cid, runs["gpu"]))["per_flip"].astype(np.float32)
-                maps[f"{n}@single"] = single
-                maps[f"{n}@average"] = (single + other) / 2
+                maps[f"{n}@single"] = _per_flip(study, n, cid, args.single)
+                maps[f"{n}@average"] = np.mean([_per_flip(study, n, cid, wd) for wd in args.average], axis=0)
             cases.append(T.CaseData.from_arrays(cid, k, maps, c.label, c.brain, c.spacing_zyx, c.burden))
     result = {}
     for label in ("single", "average"):
@@ -60,12 +79,15 @@ def main() -> int:
             transferred = replace(single_choice, members=members)
             result["single_choice_on_average"] = T.summarise(T.case_rows(grid, lambda c: transferred))
         log.info(f"{label}: {result[label]}")
-    result["note"] = ("single = one CPU-trained network per member (as the OOF stage sees); average = mean of the "
-                      "CPU- and GPU-trained networks of the same fold (both out of fold). in_sample figures are "
-                      "optimistic; nested ones honest. single_choice_on_average: the choice tuned on single maps "
-                      "applied unchanged to the averages.")
-    OUT.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    log.info(f"wrote {OUT}")
+    result["single_source"] = _relative(args.single)
+    result["average_sources"] = [_relative(d) for d in args.average]
+    result["note"] = ("single = one network per member and fold (as the OOF stage sees); average = the mean maps of "
+                      "several networks of the same fold (all out of fold): of the average sources' maps, and a "
+                      "seeds workdir's maps are themselves the mean of its seeds. in_sample figures are optimistic; "
+                      "nested ones honest. single_choice_on_average: the choice tuned on single maps applied "
+                      "unchanged to the averages.")
+    args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    log.info(f"wrote {args.out}")
     return 0
 
 

@@ -81,8 +81,8 @@ class TrainConfig:
             parts += ["--bf16"]
         if self.trained_on == "gpu":
             device = (["--schedule gpu"] if self.schedule == "gpu" else []) + [f"--seeds {self.oof_networks}"]
-            parts = [f"training/device_cv.sh run {' '.join(device)} (on a lent GPU; see training/README.md), "
-                     "then"] + parts + (["--gpu"] if self.schedule == "gpu" else [])
+            lead = f"training/device_cv.sh run {' '.join(device)} (on a lent GPU; see training/README.md), then"
+            parts = [lead, *parts] + (["--gpu"] if self.schedule == "gpu" else [])
             if self.schedule != "gpu" or self.oof_networks > 1:
                 parts += ["--gpu-seeds", str(self.oof_networks)]
         for d in self.compare:
