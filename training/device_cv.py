@@ -302,7 +302,8 @@ def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LO
     """The returned parts joined. Into ``workdir``: each seed-0 network as ``<member>/fold<k>/final.pt`` (+ curve),
     the OOF maps averaged over the full-schedule seeds (full_schedule_seeds) as the oof stage writes them (on the
     native grid), and settings.json as the training CLI expects them (``--gpu-seeds K``). Seed 0's own OOF maps go
-    to ``<workdir>-single`` (the shipped networks scored one at a time). Returns K."""
+    to ``<workdir>-single`` with the same networks (scored one at a time, like every CPU run's OOF maps: the
+like-for-like variant in a ``--compare`` pool). Returns K."""
     import io
     import zlib
 
@@ -329,11 +330,12 @@ def unpack(src: Path, workdir: Path = GPU_WORKDIR, loss: str = config.DEFAULT_LO
         cfg = make_config(quick=quick, workdir=wd, loss=loss, intensity=intensity, gpu_seeds=k, gpu=schedule == "gpu")
         wd.mkdir(parents=True, exist_ok=True)
         (wd / "settings.json").write_text(json.dumps(cfg.settings()) + "\n")
-    for key, state in bundle["nets"].items():
-        d = workdir / key
-        d.mkdir(parents=True, exist_ok=True)
-        torch.save(state, d / "final.pt")
-        (d / "curve.json").write_text(json.dumps(state.get("curve")) + "\n")
+    for key, state in bundle["nets"].items():  # both workdirs ship the same seed-0 networks
+        for wd in (workdir, single):
+            d = wd / key
+            d.mkdir(parents=True, exist_ok=True)
+            torch.save(state, d / "final.pt")
+            (d / "curve.json").write_text(json.dumps(state.get("curve")) + "\n")
     study = load_study(make_config(quick=quick))
     margin = study.config.crop_margin_mm
     for name, per_case in bundle["oof"].items():
