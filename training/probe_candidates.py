@@ -17,6 +17,9 @@ dropped gets an empty mask. It is compared with the plain nested rule on the sam
 metrics. Inputs: the OOF maps of ``--workdir`` (default: the shipped networks' run, training/runs/cv).
 
     training/.venv/bin/python -m training.probe_candidates   # -> training/probe_candidates.json
+
+By default it probes three network sets trained alike (the shipped CPU run, the GPU seed-0 networks, the GPU-schedule
+run), each with and without the new information: a filter that wins on one set only is not shipped.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ OUT = REPO / "training" / "probe_candidates.json"
 FEATURES = ("log_volume", "peak", "mean", "p3d_mean", "p2d_mean", "p3d_peak", "p2d_peak", "disagreement",
             "both_share", "zadc_mean", "zadc_min", "below2_share", "adc_mean", "mirror_zadc_mean",
             "mirror_below2_share", "mirror_prob_mean", "mirror_predicted_share", "n_components", "peak_rank")
+NEW_INFO = ("p3d_mean", "p2d_mean", "p3d_peak", "p2d_peak", "disagreement", "both_share", "mirror_zadc_mean",
+            "mirror_below2_share", "mirror_prob_mean", "mirror_predicted_share")
 KEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # 0.0: keep all (the plain rule)
 
 
@@ -126,70 +131,74 @@ def choose_keep_threshold(table: dict, fold_ids: list[int], n_truth: dict) -> fl
     return KEEP_THRESHOLDS[int(np.argmax(np.round(means, 6)))]
 
 
-def main(argv: list[str] | None = None) -> int:
+def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
+    """The nested comparison on one workdir's OOF maps, with the features less ``drop``."""
     from hieseg.metrics import case_metrics
     from hieseg.postprocess import postprocess
 
     from . import stages
 
-    p = argparse.ArgumentParser(prog="python -m training.probe_candidates", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=REPO / "training" / "runs" / "cv")
-    p.add_argument("--out", type=Path, default=OUT)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    study = load_study(make_config(workdir=args.workdir, threads=1))
+    use = [i for i, f in enumerate(FEATURES) if f not in drop]
+    study = load_study(make_config(workdir=workdir, threads=1))
     folds = study.finished_folds()
     cases = stages.oof_cases(study, folds)
     grid = T.score_grid(cases, config.TTA_FLIPS, log=log.info)
     cache: dict = {}
     nest = T.nested(grid, cache, log=lambda *_: None)
-    choice_of = {}
-    for k in folds:
-        on = [i for i, c in enumerate(cases) if c.fold != k]
-        choice_of[k] = T.select(grid, on, cache)["choice"]
     n_truth = {c.case_id: int(c.truth.sum()) for c in cases}
     rows_probe, kept_log = [], []
     for k in folds:
-        choice = choice_of[k]
+        choice = T.select(grid, [i for i, c in enumerate(cases) if c.fold != k], cache)["choice"]  # as nested's
         table = {}
         for c in cases:
             x, y, size, overlap = components(c, study.cases[c.case_id], choice)
-            table[c.case_id] = {"fold": c.fold, "x": x, "y": y, "size": size, "overlap": overlap}
-        others = [f for f in folds if f != k]
-        tau = choose_keep_threshold(table, others, n_truth)
+            table[c.case_id] = {"fold": c.fold, "x": x[:, use], "y": y, "size": size, "overlap": overlap}
+        tau = choose_keep_threshold(table, [f for f in folds if f != k], n_truth)
         train = [c for c in table if table[c]["fold"] != k and len(table[c]["y"])]
         model = fit_logistic(np.concatenate([table[c]["x"] for c in train]),
                              np.concatenate([table[c]["y"] for c in train]))
         for c in (c for c in cases if c.fold == k):
             t = table[c.case_id]
-            score = model(t["x"]) if len(t["x"]) else np.zeros(0)
-            keep = score >= tau
-            fused = c.fused(choice.members, choice.flips, choice.weights)
-            base = postprocess(fused, c.brain, c.spacing_zyx, choice.mask_rule())
+            keep = (model(t["x"]) if len(t["x"]) else np.zeros(0)) >= tau
+            base = postprocess(c.fused(choice.members, choice.flips, choice.weights), c.brain, c.spacing_zyx,
+                               choice.mask_rule())
             labels, _ = ndimage.label(base, structure=np.ones((3, 3, 3), bool))
-            mask = c.full(np.isin(labels, np.flatnonzero(keep) + 1))
             raw = study.cases[c.case_id]
-            rows_probe.append({"case_id": c.case_id, "fold": k,
-                               **case_metrics(raw.label, mask, raw.spacing_zyx)})
-            kept_log.append({"case_id": c.case_id, "fold": k, "keep_threshold": tau, "components": len(keep),
-                             "dropped": int((~keep).sum()), "dropped_touching_truth": int((~keep & t["y"]).sum())})
-        log.info(f"fold {k}: keep-threshold {tau} (inner leave-one-fold-out)")
+            rows_probe.append({"case_id": c.case_id, "fold": k, **case_metrics(
+                raw.label, c.full(np.isin(labels, np.flatnonzero(keep) + 1)), raw.spacing_zyx)})
+            kept_log.append({"keep_threshold": tau, "components": len(keep), "dropped": int((~keep).sum()),
+                             "dropped_touching_truth": int((~keep & t["y"]).sum())})
     assert [r["case_id"] for r in rows_probe] == [r["case_id"] for r in nest["rows"]]
-    plain = T.summarise(nest["rows"])
-    probe = T.summarise(rows_probe)
-    result = {"workdir": str(args.workdir.relative_to(REPO) if args.workdir.is_relative_to(REPO) else args.workdir),
-              "features": FEATURES, "nested_plain_rule": plain, "nested_with_candidate_stage": probe,
-              "per_case": [{**{k: v for k, v in a.items() if k in ("case_id", "fold")},
-                            "plain": {m: b[m] for m in ("dice", "masd", "nsd")},
-                            "probe": {m: a[m] for m in ("dice", "masd", "nsd")}, **kl}
-                           for a, b, kl in zip(rows_probe, nest["rows"], kept_log)],
-              "components_dropped": sum(r["dropped"] for r in kept_log),
-              "components_dropped_touching_truth": sum(r["dropped_touching_truth"] for r in kept_log)}
+    plain, probed = T.summarise(nest["rows"]), T.summarise(rows_probe)
+    log.info(f"{workdir.name} without {list(drop) or 'nothing'}: nested plain rule dice {plain['dice']:.4f} nsd "
+             f"{plain['nsd']:.4f} | with the candidate stage dice {probed['dice']:.4f} nsd {probed['nsd']:.4f}")
+    return {"workdir": str(workdir.relative_to(REPO) if workdir.is_relative_to(REPO) else workdir),
+            "features": [FEATURES[i] for i in use], "nested_plain_rule": plain,
+            "nested_with_candidate_stage": probed,
+            "components_dropped": sum(r["dropped"] for r in kept_log),
+            "components_dropped_touching_truth": sum(r["dropped_touching_truth"] for r in kept_log),
+            "per_case": [{"case_id": a["case_id"], "fold": a["fold"],
+                          "plain": {m: b[m] for m in ("dice", "masd", "nsd")},
+                          "probe": {m: a[m] for m in ("dice", "masd", "nsd")}, **kl}
+                         for a, b, kl in zip(rows_probe, nest["rows"], kept_log)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.probe_candidates", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    runs = REPO / "training" / "runs"
+    p.add_argument("--workdir", type=Path, nargs="+", default=[runs / "cv", runs / "seeds-single", runs / "gpu"],
+                   help="workdirs whose networks are probed one at a time (replicates: networks trained alike)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    result = {"note": "nested: fusion rule, component model and keep-threshold chosen without the scored fold; "
+                      "'ablation' leaves out the new information (member disagreement, contralateral features)",
+              "new_information": NEW_INFO, "runs": []}
+    for wd in args.workdir:
+        result["runs"].append({"ablation": False, **probe(wd)})
+        result["runs"].append({"ablation": True, **probe(wd, NEW_INFO)})
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
-    log.info(f"nested plain rule: {plain}")
-    log.info(f"nested + candidate stage: {probe}; dropped {result['components_dropped']} components, "
-             f"{result['components_dropped_touching_truth']} of them touching a lesion")
     log.info(f"wrote {args.out}")
     return 0
 

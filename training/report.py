@@ -132,6 +132,44 @@ def tuning_section(tuning: dict) -> list[str]:
     return lines
 
 
+def probes_section(folder: Path = REPO / "training") -> list[str]:
+    """The committed probes' results (training/probe_*.json, written by their modules), as tables."""
+    lines: list[str] = []
+    averages = sorted(folder.glob("probe_average*.json"))
+    if averages:
+        lines += ["## Probe: a choice tuned on single networks, applied to averages of networks (`probe_average`)", "",
+                  "Both map kinds are out of fold: *single* is one network per member and fold, *average* the mean of "
+                  "several networks of the same fold. Nested figures are honest; in-sample ones optimistic.", "",
+                  "| single | average of | nested single: Dice | MASD | NSD | nested average: Dice | MASD | NSD | "
+                  "in-sample single: Dice | MASD | NSD | threshold | in-sample average, re-tuned: Dice | MASD | NSD | "
+                  "threshold | single's choice on the averages: Dice | MASD | NSD |",
+                  "|---|---|" + "---|" * 17]
+        for f in averages:
+            d = json.loads(f.read_text())
+            lines.append(
+                f"| {d.get('single_source', 'training/runs/cv')} | "
+                f"{', '.join(d.get('average_sources', ['training/runs/cv', 'training/runs/gpu']))} | "
+                f"{_m(d['single']['nested'])} | {_m(d['average']['nested'])} | {_m(d['single']['in_sample'])} | "
+                f"{d['single']['in_sample_choice']['threshold']} | {_m(d['average']['in_sample'])} | "
+                f"{d['average']['in_sample_choice']['threshold']} | {_m(d['single_choice_on_average'])} |")
+        lines += [""]
+    cand = folder / "probe_candidates.json"
+    if cand.is_file():
+        d = json.loads(cand.read_text())
+        lines += ["## Probe: a learned candidate stage with new information (`probe_candidates`, item 5)", "",
+                  "Per network set, nested: the fusion rule, a logistic regression on each kept component's features "
+                  "and its keep-threshold are chosen without the scored fold. *New information*: "
+                  f"{', '.join(d['new_information'])}; the ablation leaves it out.", "",
+                  "| network set | features | nested rule: Dice | MASD | NSD | + candidate stage: Dice | MASD | NSD | "
+                  "components dropped (touching a lesion) |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in d["runs"]:
+            lines.append(f"| {r['workdir']} | {'without the new information' if r['ablation'] else 'all'} | "
+                         f"{_m(r['nested_plain_rule'])} | {_m(r['nested_with_candidate_stage'])} | "
+                         f"{r['components_dropped']} ({r['components_dropped_touching_truth']}) |")
+        lines += [""]
+    return lines
+
+
 README_BEGIN, README_END = "<!-- BEGIN GENERATED: accuracy -->", "<!-- END GENERATED: accuracy -->"
 
 
@@ -186,6 +224,8 @@ def write_report(study, log=print) -> None:
         lines += ["## Variant comparison (proxy: one member, fold 0, same iterations; fusion tuned per variant)", "",
                   "| workdir | member | loss | intensity | folds | Dice | NSD | MASD | threshold | baseline Dice | cases |",
                   "|---|---|---|---|---|---|---|---|---|---|---|", *cmp_rows, ""]
+    if not quick:
+        lines += probes_section()
     lines += [f"![learning curve]({png.name})", ""]
     generated = "\n".join(lines)
     results = out_dir / "RESULTS.md"
