@@ -6,12 +6,15 @@ The GPU machine has torch (CUDA), numpy and scipy but neither SimpleITK nor MONA
 1. here (CPU):   ``python -m training.device_cv pack``  -> ``.gpu/cases.npz`` (git-ignored): every case cropped to
    its brain as the runtime crops it (ADC, Z-ADC, label, spacing), the brain intensity statistics and the split;
    ``training/device_cv.sh wheels`` puts the MONAI wheel in ``.gpu/``.
-2. there (GPU):  ``training/device_cv.sh run`` -> every member x every fold trained at once (one process each,
-   bfloat16 autocast, ``config.GPU_SCHEDULE``: 10x the CPU schedule's samples), each fitted to the same time
-   budget; the final weights come back under ``$OUT`` as parts of one torch bundle, with the curves and the log.
-3. here (CPU):   ``python -m training.device_cv unpack DIR`` -> ``training/runs/gpu/<member>/fold<k>/final.pt``;
-   then ``python -m training --workdir training/runs/gpu --gpu cv tune export report`` computes the OOF
-   predictions, tunes (nested), exports ONNX with the parity gate and writes the report, exactly as for a CPU run.
+2. there (GPU):  ``training/device_cv.sh run --seeds K`` -> a pool of worker processes (one CUDA context and one CPU
+   thread each) claims member x fold x seed jobs seed-major and trains each with the CPU schedule (or
+   ``--schedule gpu``: config.GPU_SCHEDULE) in bfloat16 autocast, then computes that network's OOF maps there;
+   the seed-0 networks and every finished seed's maps come back under ``$OUT`` as parts of one compressed bundle,
+   with the curves and the log.
+3. here (CPU):   ``python -m training.device_cv unpack DIR`` -> ``training/runs/seeds`` (the seed-0 networks, the
+   OOF maps averaged over the full-schedule seeds) and ``training/runs/seeds-single`` (the same networks, seed 0's
+   maps alone); then ``python -m training --workdir training/runs/seeds --gpu-seeds K tune export report`` tunes
+   (nested), exports ONNX with the parity gate and writes the report, exactly as for a CPU run.
 
 ``--quick`` runs the same code on the CPU with 2 cases, 2 folds and a few iterations (CI proves the path with it).
 """
@@ -148,7 +151,7 @@ def pool_worker(data: Path, workdir: Path, slot: int, device: str, deadline: flo
         left = deadline - time.time()
         took = [json.loads(f.read_text())["seconds"] for f in done.glob(f"{name}_f*_s*.json")]
         if took and left < 1.1 * max(took):  # no estimate yet: start it (its own budget stops it in time)
-            log(f"[{slot}] {job}: skipped ({left:.0f} s left, a {name} job takes {max(took or [0]):.0f} s)")
+            log(f"[{slot}] {job}: skipped ({left:.0f} s left, a {name} job takes {max(took):.0f} s)")
             continue
         if left < 2 * reserve:
             log(f"[{slot}] {job}: skipped ({left:.0f} s left)")
@@ -185,8 +188,8 @@ def pool_worker(data: Path, workdir: Path, slot: int, device: str, deadline: flo
 def run(data: Path, out: Path, workdir: Path, device: str, budget_s: float, members: list[str] | None,
         loss: str, intensity: str, seeds: int = 1, schedule: str = "cpu", n_workers: int = 12) -> int:
     """``n_workers`` worker processes share the member x fold x seed jobs until ``budget_s`` is spent, then the
-    OOF maps (each member's mean over the seeds every fold has, and seed 0's alone) and the seed-0 networks go
-    under ``out`` as parts of one compressed bundle, with the curves and the log."""
+    seed-0 networks and the OOF maps of every seed finished on all folds go under ``out`` as parts of one
+    compressed bundle (bundle_results), with the curves and the log."""
     meta, _ = load_pack(data)
     specs = device_members(meta["quick"], schedule)
     names = [n for n in specs if not members or n in members]
