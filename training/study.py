@@ -168,8 +168,16 @@ class Study:
         by the ``oof`` stage): the fold can be tuned, and ``cv`` does not train it again."""
         return all(self.oof_path(n, c).is_file() for n in self.members for c in self.folds[k])
 
+    def fold_tunable(self, k: int) -> bool:
+        """Fold k's OOF predictions exist for every member in at least one pool source (this workdir or a
+        ``--compare`` one): the tuning can score it, e.g. a shipped pair whose networks come from two runs."""
+        sources = list(self.pool_sources().values())
+        return all(any(self.oof_path(n, c, wd).is_file() for wd in sources)
+                   for n in self.members for c in self.folds[k])
+
     def finished_folds(self) -> list[int]:
-        return [k for k in range(len(self.folds)) if self.fold_done(k)]
+        """The folds the tuning (and what reads its OOF maps) works on."""
+        return [k for k in range(len(self.folds)) if self.fold_tunable(k)]
 
     def selected_folds(self) -> list[int]:
         """The folds a stage works on: all, or ``--folds``."""
