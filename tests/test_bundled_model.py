@@ -16,7 +16,7 @@ from hieseg.phantom import make_phantom
 # PINNED: the shipped model's scores on the bundled phantom (test/input), challenge metrics with the scorer's
 # spacing. Written from this test's own output for the model re-tuned by nested CV (issue 11, model/manifest.json). After
 # retraining, run `pytest tests/test_bundled_model.py -k phantom` and copy the scores printed by the failure here.
-PHANTOM_MODEL_SCORES = {"dice": 0.9090909090909091, "masd": 0.171785172085043, "nsd": 1.0}
+PHANTOM_MODEL_SCORES = {"dice": 0.9315960912052117, "masd": 0.10471330169201463, "nsd": 1.0}
 # A changed mask moves Dice by at least one voxel's worth (~1e-3 here); 1e-6 only absorbs floating-point noise.
 PHANTOM_TOLERANCE = 1e-6
 # ---------------------------------------------------------------------------------------------------------------
