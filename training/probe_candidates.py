@@ -51,11 +51,12 @@ KEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # 0.0: keep 
 def components(case: T.CaseData, raw, choice: T.Choice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The rule's kept components of one case: features (n, F), touches-truth labels (n,), voxel counts (n,) and
     truth-overlap counts (n,), all in the case's brain crop."""
-    from hieseg.postprocess import postprocess
+    from hieseg.postprocess import label_components, postprocess
 
     fused = case.fused(choice.members, choice.flips, choice.weights)
     mask = postprocess(fused, case.brain, case.spacing_zyx, choice.mask_rule())
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    labels, counts = label_components(mask)  # the runtime's connectivity
+    n = len(counts) - 1
     if n == 0:
         return np.zeros((0, len(FEATURES))), np.zeros(0, bool), np.zeros(0, int), np.zeros(0, int)
     truth = case.truth[case.crop]
@@ -66,7 +67,7 @@ def components(case: T.CaseData, raw, choice: T.Choice) -> tuple[np.ndarray, np.
     # mirror across the brain's midline along x: the crop is the brain's bounding box, so its centre is the midline
     m_zadc, m_fused, m_mask = zadc[..., ::-1], fused[..., ::-1], mask[..., ::-1]
     idx = np.arange(1, n + 1)
-    size = ndimage.sum_labels(np.ones_like(mask, float), labels, idx)
+    size = counts[1:].astype(float)
     peak = ndimage.maximum(fused, labels, idx)
     feats = {
         "log_volume": np.log(size * case.voxel_mm3),
@@ -134,7 +135,7 @@ def choose_keep_threshold(table: dict, fold_ids: list[int], n_truth: dict) -> fl
 def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
     """The nested comparison on one workdir's OOF maps, with the features less ``drop``."""
     from hieseg.metrics import case_metrics
-    from hieseg.postprocess import postprocess
+    from hieseg.postprocess import label_components, postprocess
 
     from . import stages
 
@@ -162,7 +163,7 @@ def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
             keep = (model(t["x"]) if len(t["x"]) else np.zeros(0)) >= tau
             base = postprocess(c.fused(choice.members, choice.flips, choice.weights), c.brain, c.spacing_zyx,
                                choice.mask_rule())
-            labels, _ = ndimage.label(base, structure=np.ones((3, 3, 3), bool))
+            labels, _ = label_components(base)
             raw = study.cases[c.case_id]
             rows_probe.append({"case_id": c.case_id, "fold": k, **case_metrics(
                 raw.label, c.full(np.isin(labels, np.flatnonzero(keep) + 1)), raw.spacing_zyx)})

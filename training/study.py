@@ -91,7 +91,8 @@ class TrainConfig:
 
 
 def make_config(*, quick: bool = False, workdir: str | Path | None = None, model_dir: str | Path | None = None,
-                members: list[str] | None = None, gpu: bool = False, gpu_seeds: int | None = None, iterations: dict[str, int] | None = None,
+                members: list[str] | None = None, gpu: bool = False, gpu_seeds: int | None = None,
+                iterations: dict[str, int] | None = None,
                 hard_negative_fraction: float | None = None, **settings: Any) -> TrainConfig:
     """A run's configuration from the CLI's choices: config.MEMBERS (or the quick schedule), restricted to
     ``members``, with the GPU schedule or ``iterations`` applied; default folders under training/runs/.
