@@ -71,3 +71,60 @@ def test_plain_sampler_never_centres_on_negatives(samples):
     assert all(len(neg) == 0 for _, _, _, neg, _ in sampler.items)
     x, y = sampler.batch(8)
     assert x.shape == (8, 3, 80, 80) and y.shape == (8, 1, 80, 80)
+
+
+def test_carvemix_pastes_another_cases_lesion_with_its_values(samples):
+    """Lesion copy-paste: the pasted voxels are another case's lesion voxels with their own channel values, the
+    label is 1 exactly there, the pasted lesion lies on the recipient's brain, and the stored cases are untouched."""
+    from training import carvemix
+
+    items = [samples[c][1] for c in CASES]  # the last one lesion-free
+    bank = carvemix.lesion_bank([s.image for s in items], [s.label for s in items], [64, 40, 40])
+    assert bank and {les.donor for les in bank} == {0, 1}  # the lesion-free case donates nothing
+    for les in bank:
+        img = items[les.donor].image
+        assert les.mask.sum() >= carvemix.MIN_VOXELS and (les.region >= les.mask).all()
+        assert np.abs(les.values[:, les.region]).max(axis=0).min() > 0  # carved from the donor's brain
+    rng = np.random.default_rng(1)
+    recipient = items[2]  # lesion-free: every label voxel after the paste is a pasted one
+    z = recipient.image.shape[1] // 2
+    before = recipient.image.copy()
+    pasted = 0
+    for les in bank:
+        sec = carvemix.section(les, rng)
+        x = recipient.image[:, z].copy()
+        y = np.zeros(x.shape[1:], bool)
+        brain = np.abs(x).max(axis=0) > 0
+        if not carvemix.paste(x, y, sec, rng):
+            continue
+        pasted += 1
+        assert y.sum() == sec.mask.sum()
+        # find where it landed: the label's bounding box holds the lesion's mask exactly
+        (y0, x0) = np.argwhere(y).min(axis=0) - np.argwhere(sec.mask).min(axis=0)
+        box = (slice(y0, y0 + sec.mask.shape[0]), slice(x0, x0 + sec.mask.shape[1]))
+        assert np.array_equal(y[box], sec.mask)
+        assert np.array_equal(x[:, box[0], box[1]][:, sec.region], sec.values[:, sec.region])
+        outside = np.ones_like(y)
+        outside[box] = ~sec.region
+        assert np.array_equal(x[:, outside], recipient.image[:, z][:, outside])
+        assert (brain[box] & sec.region).sum() >= carvemix.MIN_BRAIN_FRACTION * sec.region.sum()
+    assert pasted >= len(bank) // 2
+    assert np.array_equal(recipient.image, before)
+
+
+def test_carvemix_share_and_untouched_cases(samples):
+    from training.train import Sampler
+
+    items = [samples[c][1] for c in CASES]  # the last one lesion-free
+    labels = [s.label.copy() for s in items]
+    plain = Sampler(items, "2d", [80, 80], np.random.default_rng(0))
+    mixed = Sampler(items, "2d", [80, 80], np.random.default_rng(0), carvemix_fraction=0.5)
+    assert plain.bank == [] and mixed.bank
+    n = 400
+    _, y_plain = plain.batch(n)
+    _, y_mixed = mixed.batch(n)
+    assert all(np.array_equal(s.label, lab) for s, lab in zip(items, labels))  # pasting works on copies
+    # more patches carry lesion voxels with pasting on (half of the patches get one, most placements succeed)
+    frac_plain = (y_plain.reshape(n, -1).max(axis=1) > 0).mean()
+    frac_mixed = (y_mixed.reshape(n, -1).max(axis=1) > 0).mean()
+    assert frac_mixed > frac_plain + 0.2, (frac_plain, frac_mixed)

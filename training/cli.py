@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-negatives", type=float, metavar="FRACTION",
                    help="centre this share of the training patches on voxels where Z-ADC < -2 fires outside the "
                         "lesions (precision-oriented sampling; use an own --workdir), e.g. 0.33")
+    p.add_argument("--carvemix", type=float, metavar="FRACTION",
+                   help="paste a real lesion of another training case, with its own ADC / Z-ADC values, into this "
+                        "share of the training patches (CarveMix-style lesion copy-paste, training/carvemix.py; use an "
+                        "own --workdir), e.g. 0.3")
     p.add_argument("--bf16", action="store_true",
                    help="train in bfloat16 autocast with channels-last tensors (2-3x faster on a CPU with AVX512-BF16; "
                         "weights, loss and the exported ONNX stay float32; use an own --workdir)")
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
         cfg = make_config(quick=args.quick, workdir=args.workdir, model_dir=args.model_dir, members=args.members,
                           gpu=args.gpu, gpu_seeds=args.gpu_seeds, iterations=args.iterations,
-                          hard_negative_fraction=args.hard_negatives, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
+                          hard_negative_fraction=args.hard_negatives,
+                          carvemix_fraction=args.carvemix, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
                           folds=args.folds, ship_folds=args.ship_folds, compare=args.compare,
                           allow_dirty=args.allow_dirty, threads=args.threads)
         open_workdir(cfg, fresh="cv" in stages)

@@ -175,7 +175,8 @@ def export_all(study, tuning: dict, log=print) -> dict:
                 runs.append({"fold": k, "iterations": trained_spec["iterations"], "batch": trained_spec["batch"],
                              "device": state.get("device", "cpu"), "amp": state.get("amp", False),
                              "channels_last": state.get("channels_last", False),
-                             "hard_negative_fraction": trained_spec.get("hard_negative_fraction", 0.0)})
+                             "hard_negative_fraction": trained_spec.get("hard_negative_fraction", 0.0),
+                             "carvemix_fraction": trained_spec.get("carvemix_fraction", 0.0)})
                 net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
                 export_onnx(net, spec["kind"], len(channels), model_dir / fname)
                 sample = study.samples(name, [study.folds[k][0]])[0]

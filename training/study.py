@@ -37,6 +37,7 @@ class TrainConfig:
     oof_networks: int = 1  # networks per member and fold (seeds) whose mean is each OOF map; the first one ships
     iterations: dict[str, int] = field(default_factory=dict)  # overrides of config.MEMBERS' iterations
     hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
+    carvemix_fraction: float = 0.0  # share of training patches given another case's lesion (training/carvemix.py)
     bf16: bool = False  # CPU fast path: bfloat16 autocast forward + channels-last (benchmarks/train_speed.py)
     folds: list[int] | None = None  # cv / tune only these folds
     ship_folds: list[int] | None = None  # export only these folds' networks
@@ -57,6 +58,8 @@ class TrainConfig:
             out["oof_networks"] = self.oof_networks
         if self.hard_negative_fraction:
             out["hard_negative_fraction"] = self.hard_negative_fraction
+        if self.carvemix_fraction:
+            out["carvemix_fraction"] = self.carvemix_fraction
         if self.bf16:
             out["precision"] = "bf16+channels_last"
         return out
@@ -77,6 +80,8 @@ class TrainConfig:
             parts += ["--members", ",".join(self.members)]
         if self.hard_negative_fraction:
             parts += ["--hard-negatives", str(self.hard_negative_fraction)]
+        if self.carvemix_fraction:
+            parts += ["--carvemix", str(self.carvemix_fraction)]
         if self.bf16:
             parts += ["--bf16"]
         if self.trained_on == "gpu":
@@ -93,7 +98,8 @@ class TrainConfig:
 def make_config(*, quick: bool = False, workdir: str | Path | None = None, model_dir: str | Path | None = None,
                 members: list[str] | None = None, gpu: bool = False, gpu_seeds: int | None = None,
                 iterations: dict[str, int] | None = None,
-                hard_negative_fraction: float | None = None, **settings: Any) -> TrainConfig:
+                hard_negative_fraction: float | None = None, carvemix_fraction: float | None = None,
+                **settings: Any) -> TrainConfig:
     """A run's configuration from the CLI's choices: config.MEMBERS (or the quick schedule), restricted to
     ``members``, with the GPU schedule or ``iterations`` applied; default folders under training/runs/.
     ``gpu``: networks trained on a lent GPU with config.GPU_SCHEDULE; ``gpu_seeds``: networks trained on a lent GPU,
@@ -115,6 +121,10 @@ def make_config(*, quick: bool = False, workdir: str | Path | None = None, model
         if not 0 < hard_negative_fraction < 1 - 1 / 3:
             raise TrainingError(f"--hard-negatives {hard_negative_fraction}: a share of the patches in (0, 2/3)")
         specs = {n: {**m, "hard_negative_fraction": hard_negative_fraction} for n, m in specs.items()}
+    if carvemix_fraction:
+        if not 0 < carvemix_fraction <= 1:
+            raise TrainingError(f"--carvemix {carvemix_fraction}: a share of the patches in (0, 1]")
+        specs = {n: {**m, "carvemix_fraction": carvemix_fraction} for n, m in specs.items()}
     wd = Path(workdir) if workdir else REPO / "training" / "runs" / ("quick" if quick else "cv")
     md = Path(model_dir) if model_dir else (wd / "model" if quick else REPO / "model")
     if gpu_seeds is not None and gpu_seeds < 1:
@@ -122,6 +132,7 @@ def make_config(*, quick: bool = False, workdir: str | Path | None = None, model
     return TrainConfig(members=specs, workdir=wd, model_dir=md, quick=quick, schedule="gpu" if gpu else "cpu",
                        trained_on="gpu" if gpu or gpu_seeds else "cpu", oof_networks=gpu_seeds or 1,
                        iterations=dict(iterations or {}), hard_negative_fraction=hard_negative_fraction or 0.0,
+                       carvemix_fraction=carvemix_fraction or 0.0,
                        **{k: (tuple(Path(d) for d in v) if k == "compare" else v)
                           for k, v in settings.items() if v is not None})
 

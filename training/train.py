@@ -19,7 +19,7 @@ from hieseg import preprocess
 from hieseg.ensemble import Runner, member_probability
 from hieseg.manifest import Member
 
-from . import config
+from . import carvemix, config
 from .config import CKPT_EVERY, TTA_FLIPS
 from .data import RawCase
 from .nets import build
@@ -65,9 +65,9 @@ class Sampler:
     lesions (the low-ADC look-alikes behind most false-positive components)."""
 
     def __init__(self, samples: list[Sample], kind: str, patch, rng: np.random.Generator, fg_fraction: float = 1 / 3,
-                 hard_negative_fraction: float = 0.0):
+                 hard_negative_fraction: float = 0.0, carvemix_fraction: float = 0.0):
         self.kind, self.patch, self.rng, self.fg = kind, list(patch), rng, fg_fraction
-        self.hn = hard_negative_fraction
+        self.hn, self.cm = hard_negative_fraction, carvemix_fraction
         self.items = []
         for s in samples:
             img, lab = _pad_to(s.image, s.label, self.patch)
@@ -75,6 +75,27 @@ class Sampler:
             neg = np.argwhere(_pad_to(s.image[:1], s.confounders, self.patch)[1]) if self.hn > 0 else fg[:0]
             brain_slices = np.flatnonzero(np.abs(img[0]).reshape(img.shape[1], -1).max(axis=1) > 0)
             self.items.append((img, lab, fg, neg, brain_slices))
+        # lesions to paste: those whose carved box fits half a patch in-plane (the small ones) and the patch's depth
+        extent = [s.image.shape[1], *(p // 2 for p in self.patch[-2:])] if kind == "2d" else \
+            [self.patch[0], *(p // 2 for p in self.patch[1:])]
+        self.bank = carvemix.lesion_bank([s.image for s in samples], [s.label for s in samples], extent) \
+            if self.cm > 0 else []
+
+    def _carve(self, x: np.ndarray, y: np.ndarray, recipient: int) -> tuple[np.ndarray, np.ndarray]:
+        """With probability carvemix_fraction, the patch with another case's lesion pasted in (copies: the
+        patch is a view of the stored case). No random draw at all without lesion copy-paste (old runs resume
+        with the same draws)."""
+        if self.cm <= 0 or self.rng.random() >= self.cm:
+            return x, y
+        donors = [les for les in self.bank if les.donor != recipient]
+        if not donors:
+            return x, y
+        lesion = donors[self.rng.integers(len(donors))]
+        if self.kind == "2d":
+            lesion = carvemix.section(lesion, self.rng)
+        x, y = x.copy(), y.copy()
+        carvemix.paste(x, y[0], lesion, self.rng)
+        return x, y
 
     def _corner(self, shape, centre):
         return [int(np.clip(c - p // 2, 0, n - p)) for c, p, n in zip(centre, self.patch, shape)]
@@ -94,7 +115,8 @@ class Sampler:
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for _ in range(size):
-            img, lab, fg, neg, brain_slices = self.items[self.rng.integers(len(self.items))]
+            index = self.rng.integers(len(self.items))
+            img, lab, fg, neg, brain_slices = self.items[index]
             pool = self._centre_pool(fg, neg)
             if self.kind == "3d":
                 shape = lab.shape
@@ -104,8 +126,9 @@ class Sampler:
                     centre = [self.rng.integers(n) for n in shape]
                 c = self._corner(shape, centre)
                 sl = tuple(slice(a, a + p) for a, p in zip(c, self.patch))
-                xs.append(img[(slice(None),) + sl])
-                ys.append(lab[sl][None])
+                x, y = self._carve(img[(slice(None),) + sl], lab[sl][None], index)
+                xs.append(x)
+                ys.append(y)
             else:
                 if pool is not None:
                     z, y, x = pool[self.rng.integers(len(pool))]
@@ -115,8 +138,9 @@ class Sampler:
                     y, x = self.rng.integers(lab.shape[1]), self.rng.integers(lab.shape[2])
                 c = self._corner(lab.shape[1:], (y, x))
                 sl = (slice(c[0], c[0] + self.patch[0]), slice(c[1], c[1] + self.patch[1]))
-                xs.append(img[:, z][(slice(None),) + sl])
-                ys.append(lab[z][sl][None])
+                x, y = self._carve(img[:, z][(slice(None),) + sl], lab[z][sl][None], index)
+                xs.append(x)
+                ys.append(y)
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
 
@@ -349,7 +373,8 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
         plan["iterations"] = state.get("planned_iterations", plan["iterations"])
         log(f"  resumed {out_dir.name} at iteration {start}/{plan['iterations']}")
     sampler = Sampler(train, spec["kind"], spec["train_patch"], rng,
-                      hard_negative_fraction=spec.get("hard_negative_fraction", 0.0))
+                      hard_negative_fraction=spec.get("hard_negative_fraction", 0.0),
+                      carvemix_fraction=spec.get("carvemix_fraction", 0.0))
     loss_fn = Loss(loss_name, plan["iterations"])
     n_int = sum(1 for s in spec["sources"] if s != "prior")
     fmt = memory_format(spec["kind"], channels_last)
