@@ -113,7 +113,7 @@ def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    (inp,), (_out,) = sess.get_inputs(), sess.get_outputs()
     assert len(inp.shape) == (5 if spec["kind"] == "3d" else 4)
     assert all(isinstance(d, str) for d in inp.shape[:1] + inp.shape[2:]), inp.shape  # dynamic batch + spatial
 

@@ -82,7 +82,6 @@ def test_carvemix_pastes_another_cases_lesion_with_its_values(samples):
     bank = carvemix.lesion_bank([s.image for s in items], [s.label for s in items], [64, 40, 40])
     assert bank and {les.donor for les in bank} == {0, 1}  # the lesion-free case donates nothing
     for les in bank:
-        img = items[les.donor].image
         assert les.mask.sum() >= carvemix.MIN_VOXELS and (les.region >= les.mask).all()
         assert np.abs(les.values[:, les.region]).max(axis=0).min() > 0  # carved from the donor's brain
     rng = np.random.default_rng(1)
