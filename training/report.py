@@ -167,6 +167,21 @@ def probes_section(folder: Path = REPO / "training") -> list[str]:
                          f"{_m(r['nested_plain_rule'])} | {_m(r['nested_with_candidate_stage'])} | "
                          f"{r['components_dropped']} ({r['components_dropped_touching_truth']}) |")
         lines += [""]
+    fusion = folder / "probe_fusion.json"
+    if fusion.is_file():
+        d = json.loads(fusion.read_text())
+        lines += ["## Probe: fusions that need both members to agree (`probe_fusion`, item 1)", "",
+                  "*mean*: w p3 + (1 − w) p2 (the runtime's); *geometric*: p3^w p2^(1−w); *vote*: a threshold per "
+                  "member, both must fire. Same grids, same one-SE rule, each nested (chosen on the other folds); "
+                  "in-sample figures optimistic.", "",
+                  "| network set (3D+2D) | fusion | nested: Dice | MASD | NSD | in-sample: Dice | MASD | NSD | "
+                  "in-sample threshold | weight of 3D |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for net_set, modes in d["sets"].items():
+            for mode, r in modes.items():
+                ch = r["in_sample_choice"]
+                lines.append(f"| {net_set} | {mode} | {_m(r['nested'])} | {_m(r['in_sample'])} | {ch['threshold']} | "
+                             f"{list(ch['weights'].values())[0]} |")
+        lines += [""]
     return lines
 
 

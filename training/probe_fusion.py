@@ -1,0 +1,109 @@
+"""Probe (issue 11, item 1): does a fusion that needs both members to agree beat the weighted mean?
+
+Most false-positive voxels lie in components far from any lesion (the issue's error anatomy), and the candidate
+probe found member disagreement informative on one network set. A fusion that demands agreement uses it without a
+learned stage. Three fusions of the 3D and the 2D member's probabilities (p3, p2), each with the tuning's weight
+grid (w = the 3D member's share) and threshold grid:
+
+- ``mean``: w p3 + (1 - w) p2, the runtime's fusion today;
+- ``geometric``: p3^w p2^(1 - w), a soft AND (low when either member is low);
+- ``vote``: a per-member threshold and both must fire (LADP's vote, for two members), written as
+  min(p3 / (2 w), p2 / (2 (1 - w))) at the grid's threshold t: p3 >= 2 w t and p2 >= 2 (1 - w) t.
+
+Everything else is the tuning's (TTA flips, minimum component, empty rules, the one-SE choice), each nested the
+same way (chosen on the other folds). Several network sets trained alike are probed: a fusion that wins on one
+only is noise.
+
+    training/.venv/bin/python -m training.probe_fusion   # -> training/probe_fusion.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from . import tune as T
+from .data import REPO
+from .study import load_study, make_config
+
+log = logging.getLogger("training")
+OUT = REPO / "training" / "probe_fusion.json"
+MODES = ("mean", "geometric", "vote")
+RUNS = REPO / "training" / "runs"
+DEFAULT_SETS = ("tvp3d+cv", "cv+cv", "seeds-single+seeds-single", "gpu+gpu")
+
+
+def fuse(mode: str, p3: np.ndarray, p2: np.ndarray, w: float) -> np.ndarray:
+    """One fused map of two members' probabilities (``w``: the first member's share)."""
+    if mode == "mean":
+        return w * p3 + (1.0 - w) * p2
+    if mode == "geometric":
+        return np.exp(w * np.log(np.maximum(p3, 1e-6)) + (1.0 - w) * np.log(np.maximum(p2, 1e-6)))
+    if mode == "vote":
+        return np.minimum(p3 / (2.0 * w), p2 / (2.0 * (1.0 - w)))
+    raise ValueError(f"unknown fusion {mode!r}")
+
+
+def case_class(mode: str) -> type[T.CaseData]:
+    """CaseData whose fused map is the given fusion (the tuning's grid and nesting run unchanged on it)."""
+    class Fused(T.CaseData):
+        def fused(self, choice_members, flips, weights) -> np.ndarray:
+            (m3, m2), (f3, f2), (w, _) = choice_members, flips, weights
+            return fuse(mode, self.member_prob(m3, f3), self.member_prob(m2, f2), w).astype(np.float32)
+    return Fused
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.probe_fusion", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS),
+                   help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member)")
+    p.add_argument("--out", type=Path, default=OUT)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    study = load_study(make_config())
+    three, two = study.members  # config.MEMBERS' order: the 3D member, then the 2D one
+    result: dict = {"modes": list(MODES), "sets": {}}
+    for net_set in args.sets:
+        src3, src2 = net_set.split("+")
+        names = (f"{three}@{src3}", f"{two}@{src2}")
+        maps = {}
+        for k, ids in enumerate(study.folds):
+            for cid in ids:
+                maps[cid] = (k, {names[0]: np.load(study.oof_path(three, cid, RUNS / src3))["per_flip"],
+                                 names[1]: np.load(study.oof_path(two, cid, RUNS / src2))["per_flip"]})
+        out = {}
+        for mode in MODES:
+            cls = case_class(mode)
+            cases = [cls.from_arrays(cid, k, pf, study.cases[cid].label, study.cases[cid].brain,
+                                     study.cases[cid].spacing_zyx, study.cases[cid].burden)
+                     for cid, (k, pf) in maps.items()]
+            grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None)
+            cache: dict = {}
+            chosen = T.select(grid, range(len(cases)), cache)
+            nested = T.nested(grid, cache, log=lambda *_: None)
+            out[mode] = {"nested": T.summarise(nested["rows"]),
+                         "in_sample": T.summarise(T.case_rows(grid, lambda c: chosen["choice"])),
+                         "in_sample_choice": chosen["choice"].describe(grid.flip_axes),
+                         "per_fold_choice": nested["per_fold_choice"],
+                         "nested_rows": [{k: r[k] for k in ("case_id", "fold", "stratum", "dice", "masd", "nsd")}
+                                         for r in nested["rows"]]}
+            n = out[mode]["nested"]
+            log.info(f"{net_set} {mode}: nested Dice {n['dice']:.4f} MASD {n['masd']:.2f} NSD {n['nsd']:.3f}")
+        result["sets"][net_set] = out
+    result["note"] = ("Nested = chosen on the other folds (honest); in_sample = chosen on all 40 (optimistic). Each "
+                      "mode gets the same grids and one-SE rule; vote's weight sets the per-member thresholds "
+                      "(p3 >= 2 w t and p2 >= 2 (1 - w) t).")
+    args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    log.info(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
