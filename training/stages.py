@@ -65,7 +65,7 @@ def cv(study: Study) -> None:
             log.info(f"fold {k} {name}: {len(train_ids)} train / {len(val_ids)} val cases")
             val = study.samples(name, val_ids)
             net = train_member(spec, study.samples(name, train_ids), val, study.fold_dir(name, k), cfg.loss,
-                               seed=1000 * k + (1 if spec["kind"] == "3d" else 2), log=log.info, amp=cfg.bf16,
+                               seed=study.train_seed(k, spec["kind"]), log=log.info, amp=cfg.bf16,
                                channels_last=cfg.bf16)
             member = as_member(name, spec, study.channels(name))
             for cid in val_ids:

@@ -38,6 +38,7 @@ class TrainConfig:
     iterations: dict[str, int] = field(default_factory=dict)  # overrides of config.MEMBERS' iterations
     hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
     carvemix_fraction: float = 0.0  # share of training patches given another case's lesion (training/carvemix.py)
+    seed: int = 0  # replicate number: 0 is every run's default; others train the same variant from other seeds
     bf16: bool = False  # CPU fast path: bfloat16 autocast forward + channels-last (benchmarks/train_speed.py)
     folds: list[int] | None = None  # cv / tune only these folds
     ship_folds: list[int] | None = None  # export only these folds' networks
@@ -60,6 +61,8 @@ class TrainConfig:
             out["hard_negative_fraction"] = self.hard_negative_fraction
         if self.carvemix_fraction:
             out["carvemix_fraction"] = self.carvemix_fraction
+        if self.seed:
+            out["seed"] = self.seed
         if self.bf16:
             out["precision"] = "bf16+channels_last"
         return out
@@ -82,6 +85,8 @@ class TrainConfig:
             parts += ["--hard-negatives", str(self.hard_negative_fraction)]
         if self.carvemix_fraction:
             parts += ["--carvemix", str(self.carvemix_fraction)]
+        if self.seed:
+            parts += ["--seed", str(self.seed)]
         if self.bf16:
             parts += ["--bf16"]
         if self.trained_on == "gpu":
@@ -190,6 +195,11 @@ class Study:
     def finished_folds(self) -> list[int]:
         """The folds the tuning (and what reads its OOF maps) works on."""
         return [k for k in range(len(self.folds)) if self.fold_tunable(k)]
+
+    def train_seed(self, k: int, kind: str) -> int:
+        """The random seed of fold k's network of a member kind: fixed per fold and kind (runs that differ in one
+        setting start from the same draws), offset by the replicate number ``--seed``."""
+        return 1000 * k + (1 if kind == "3d" else 2) + 10 * self.config.seed
 
     def selected_folds(self) -> list[int]:
         """The folds a stage works on: all, or ``--folds``."""
