@@ -129,3 +129,21 @@ def test_member_sets_take_one_source_per_member_and_weights_are_vectors():
     assert T.weight_grid(1) == [(1.0,)]
     assert all(abs(sum(w) - 1) < 1e-9 for n in (2, 3) for w in T.weight_grid(n))
     assert len(T.weight_grid(3)) == 36
+
+
+def test_error_anatomy_counts_from_their_definitions():
+    """probe_errors.anatomy on a hand-built case: two lesions, a prediction that finds one with a one-voxel rim
+    of over-segmentation and adds a component far from both (and a diagonal neighbour: 26-connected, one component)."""
+    from training.probe_errors import anatomy
+
+    truth = np.zeros((6, 12, 12), bool)
+    truth[1:3, 2:4, 2:4] = True  # lesion A: 8 voxels
+    truth[4, 9, 9] = True  # lesion B: 1 voxel, missed
+    pred = np.zeros_like(truth)
+    pred[1:3, 2:5, 2:4] = True  # A found: 8 true + 4 rim voxels (row y = 4)
+    pred[4, 2, 8] = pred[5, 3, 9] = True  # far component: 2 voxels touching diagonally
+    counts = anatomy(truth, pred)
+    assert counts == {"tp": 8, "fp": 6, "fn": 1, "fp_far": 2, "fp_rim": 4, "pred_components": 2,
+                      "pred_components_far": 1, "lesions": 2, "lesions_found": 1, "empty_cases_with_prediction": 0}
+    assert anatomy(np.zeros_like(truth), pred)["empty_cases_with_prediction"] == 1
+    assert anatomy(np.zeros_like(truth), np.zeros_like(pred))["empty_cases_with_prediction"] == 0

@@ -68,13 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     for label in ("single", "average"):
         members = tuple(f"{n}@{label}" for n in study.members)
         grid = T.score_grid(cases, config.TTA_FLIPS, members=[members], log=log.info)
-        cache: dict = {}
-        chosen = T.select(grid, range(len(cases)), cache)
-        result[label] = {"in_sample_choice": chosen["choice"].describe(grid.flip_axes),
-                         "in_sample": T.summarise(T.case_rows(grid, lambda c: chosen["choice"])),
-                         "nested": T.summarise(T.nested(grid, cache, log=lambda *_: None)["rows"])}
+        ev = T.evaluate(grid)
+        result[label] = {"in_sample_choice": ev["in_sample_choice"].describe(grid.flip_axes),
+                         "in_sample": ev["in_sample"], "nested": ev["nested"]}
         if label == "single":
-            single_choice = chosen["choice"]
+            single_choice = ev["in_sample_choice"]
         else:
             transferred = replace(single_choice, members=members)
             result["single_choice_on_average"] = T.summarise(T.case_rows(grid, lambda c: transferred))

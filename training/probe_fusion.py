@@ -96,15 +96,12 @@ def main(argv: list[str] | None = None) -> int:
                 grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None)
             finally:
                 T.THRESHOLDS = tuning_grid
-            cache: dict = {}
-            chosen = T.select(grid, range(len(cases)), cache)
-            nested = T.nested(grid, cache, log=lambda *_: None)
-            out[mode] = {"nested": T.summarise(nested["rows"]),
-                         "in_sample": T.summarise(T.case_rows(grid, lambda c: chosen["choice"])),
-                         "in_sample_choice": chosen["choice"].describe(grid.flip_axes),
-                         "per_fold_choice": nested["per_fold_choice"],
+            ev = T.evaluate(grid)
+            out[mode] = {"nested": ev["nested"], "in_sample": ev["in_sample"],
+                         "in_sample_choice": ev["in_sample_choice"].describe(grid.flip_axes),
+                         "per_fold_choice": ev["per_fold_choice"],
                          "nested_rows": [{k: r[k] for k in ("case_id", "fold", "stratum", "dice", "masd", "nsd")}
-                                         for r in nested["rows"]]}
+                                         for r in ev["nested_rows"]]}
             n = out[mode]["nested"]
             log.info(f"{net_set} {mode}: nested Dice {n['dice']:.4f} MASD {n['masd']:.2f} NSD {n['nsd']:.3f}")
         result["sets"][net_set] = {m: out[m] for m in MODES if m in out}

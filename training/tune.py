@@ -326,6 +326,16 @@ def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print, rul
                                               for k in folds}}
 
 
+def evaluate(grid: Grid) -> dict:
+    """A grid's two figures: the choice made on all its cases with its score there (in-sample, optimistic: what
+    would ship) and the nested procedure's (honest), with the nested per-case rows and per-fold choices."""
+    cache: dict = {}
+    chosen = select(grid, range(len(grid.cases)), cache)
+    nest = nested(grid, cache, log=lambda *_: None)
+    return {"in_sample_choice": chosen["choice"], "in_sample": summarise(case_rows(grid, lambda c: chosen["choice"])),
+            "nested": summarise(nest["rows"]), "nested_rows": nest["rows"], "per_fold_choice": nest["per_fold_choice"]}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Mean Dice / MASD (NaN-skipping, as the leaderboard) / NSD of per-case rows."""
     from hieseg.metrics import nanmean
