@@ -147,3 +147,16 @@ def test_error_anatomy_counts_from_their_definitions():
                       "pred_components_far": 1, "lesions": 2, "lesions_found": 1, "empty_cases_with_prediction": 0}
     assert anatomy(np.zeros_like(truth), pred)["empty_cases_with_prediction"] == 1
     assert anatomy(np.zeros_like(truth), np.zeros_like(pred))["empty_cases_with_prediction"] == 0
+
+
+def test_the_oracle_drops_only_components_touching_no_lesion():
+    from training.probe_errors import without_far
+
+    truth = np.zeros((4, 8, 8), bool)
+    truth[1, 1:3, 1:3] = True
+    pred = np.zeros_like(truth)
+    pred[1, 2:4, 2:4] = True  # touches the lesion, with a rim: kept whole
+    pred[3, 6, 6] = True  # far: dropped
+    expected = pred.copy()
+    expected[3, 6, 6] = False
+    assert np.array_equal(without_far(truth, pred), expected)

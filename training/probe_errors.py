@@ -6,7 +6,9 @@ fusion on the other folds; each held-out mask is then taken apart against the tr
 - voxels: true positives, false positives, false negatives; the false positives split into those in predicted
   components that touch no lesion ("far") and those that over-segment a found lesion ("rim");
 - components: predicted components and those touching no lesion; lesions (truth components) found (touched by the
-  prediction) of all; lesion-free cases given any prediction.
+  prediction) of all; lesion-free cases given any prediction;
+- an oracle bound: the challenge metrics of the same masks with every component that touches no lesion removed
+  (what a perfect component filter could gain; it uses the truth, so it is no estimate).
 
 Components are 26-connected (hieseg.postprocess.label_components, the runtime's connectivity).
 
@@ -22,6 +24,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from hieseg.metrics import case_metrics
 
 from . import config
 from . import tune as T
@@ -54,6 +58,14 @@ def anatomy(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
             "empty_cases_with_prediction": int(n_true == 0 and n_pred > 0)}
 
 
+def without_far(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The prediction minus its components that touch no lesion (an oracle: it looks at the truth)."""
+    from hieseg.postprocess import label_components
+
+    plab, _ = label_components(pred)
+    return np.isin(plab, np.unique(plab[truth & pred])) & pred
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.probe_errors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,16 +92,22 @@ def main(argv: list[str] | None = None) -> int:
                                 v["empty_max_probability_below"], v["empty_min_lesion_mm3"])
                for k, v in ev["per_fold_choice"].items()}
     strata: dict[str, dict[str, int]] = {}
+    oracle_rows = []
     for case, row in zip(cases, ev["nested_rows"]):
-        counts = anatomy(case.truth, T.mask_of(case, choices[case.fold]))
+        mask = T.mask_of(case, choices[case.fold])
+        counts = anatomy(case.truth, mask)
+        oracle_rows.append({**row, **case_metrics(case.truth, without_far(case.truth, mask), case.spacing_zyx)})
         for key in (row["stratum"], "all"):
             agg = strata.setdefault(key, dict.fromkeys(FIELDS, 0))
             agg["cases"] += 1
             for f, v in counts.items():
                 agg[f] += v
     result = {"set": args.set, "nested": ev["nested"], "strata": strata,
+              "oracle_without_far_components": T.summarise(oracle_rows),
               "note": "Nested OOF masks (each fold's fusion chosen on the other folds) of one network set; fp_far: "
-                      "false-positive voxels in predicted components touching no lesion; fp_rim: the rest."}
+                      "false-positive voxels in predicted components touching no lesion; fp_rim: the rest. "
+                      "oracle_without_far_components: the same masks with every component touching no lesion "
+                      "removed using the truth (an upper bound for any component filter, not an estimate)."}
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     log.info(f"{args.set}: {json.dumps(strata)}")
     log.info(f"wrote {args.out}")

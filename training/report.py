@@ -167,10 +167,15 @@ def probes_section(folder: Path = REPO / "training") -> list[str]:
                          f"{_m(r['nested_plain_rule'])} | {_m(r['nested_with_candidate_stage'])} | "
                          f"{r['components_dropped']} ({r['components_dropped_touching_truth']}) |")
         lines += [""]
-    fusion = folder / "probe_fusion.json"
-    if fusion.is_file():
-        d = json.loads(fusion.read_text())
-        lines += ["## Probe: fusions that need both members to agree (`probe_fusion`, item 1)", "",
+    fusion_titles = {
+        "probe_fusion.json": "## Probe: fusions that need both members to agree (`probe_fusion`, item 1)",
+        "probe_fusion_seed_replicate.json": "## Probe: a second seed of the shipped 3D variant (`probe_fusion "
+                                            "--modes mean`; `tvp3ds1` = `tvp3d` trained with `--seed 1`)"}
+    for fname, title in fusion_titles.items():
+        if not (folder / fname).is_file():
+            continue
+        d = json.loads((folder / fname).read_text())
+        lines += [title, "",
                   "*mean*: w p3 + (1 − w) p2 (the runtime's); *geometric*: p3^w p2^(1−w); *vote*: a threshold per "
                   "member, both must fire. Same grids, same one-SE rule, each nested (chosen on the other folds); "
                   "in-sample figures optimistic.", "",
@@ -181,6 +186,26 @@ def probes_section(folder: Path = REPO / "training") -> list[str]:
                 ch = r["in_sample_choice"]
                 lines.append(f"| {net_set} | {mode} | {_m(r['nested'])} | {_m(r['in_sample'])} | {ch['threshold']} | "
                              f"{list(ch['weights'].values())[0]} |")
+        lines += [""]
+    errors = folder / "probe_errors.json"
+    if errors.is_file():
+        d = json.loads(errors.read_text())
+        lines += ["## Error anatomy of the nested masks (`probe_errors`)", "",
+                  f"Network set {d['set']} (nested {_m(d['nested'])}), each fold's fusion chosen on the other folds. "
+                  "*Far*: false-positive voxels in predicted components that touch no lesion; *rim*: the rest "
+                  "(over-segmentation of found lesions). Components are 26-connected.", "",
+                  "| stratum | cases | true-positive voxels | false-positive: far | rim | false-negative voxels | "
+                  "predicted components (touching no lesion) | lesions found / all | lesion-free cases given a "
+                  "prediction |", "|---|---|---|---|---|---|---|---|---|"]
+        for name in [s for s in ("none", "<1%", "1-5%", ">5%", "all") if s in d["strata"]]:
+            a = d["strata"][name]
+            lines.append(f"| {name} | {a['cases']} | {a['tp']} | {a['fp_far']} | {a['fp_rim']} | {a['fn']} | "
+                         f"{a['pred_components']} ({a['pred_components_far']}) | {a['lesions_found']} / "
+                         f"{a['lesions']} | {a['empty_cases_with_prediction']} |")
+        if "oracle_without_far_components" in d:
+            lines += ["", "The same masks with every component that touches no lesion removed, using the truth (an upper "
+                      "bound for any component filter, not an estimate): Dice / MASD / NSD "
+                      f"{_m(d['oracle_without_far_components']).replace(' | ', ' / ')}."]
         lines += [""]
     return lines
 
