@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from .data import REPO
 
@@ -132,81 +133,98 @@ def tuning_section(tuning: dict) -> list[str]:
     return lines
 
 
-def probes_section(folder: Path = REPO / "training") -> list[str]:
-    """The committed probes' results (training/probe_*.json, written by their modules), as tables."""
-    lines: list[str] = []
-    averages = sorted(folder.glob("probe_average*.json"))
-    if averages:
-        lines += ["## Probe: a choice tuned on single networks, applied to averages of networks (`probe_average`)", "",
-                  "Both map kinds are out of fold: *single* is one network per member and fold, *average* the mean of "
-                  "several networks of the same fold. Nested figures are honest; in-sample ones optimistic.", "",
-                  "| single | average of | nested single: Dice | MASD | NSD | nested average: Dice | MASD | NSD | "
-                  "in-sample single: Dice | MASD | NSD | threshold | in-sample average, re-tuned: Dice | MASD | NSD | "
-                  "threshold | single's choice on the averages: Dice | MASD | NSD |",
-                  "|---|---|" + "---|" * 17]
-        for f in averages:
-            d = json.loads(f.read_text())
-            lines.append(
-                f"| {d.get('single_source', 'training/runs/cv')} | "
-                f"{', '.join(d.get('average_sources', ['training/runs/cv', 'training/runs/gpu']))} | "
-                f"{_m(d['single']['nested'])} | {_m(d['average']['nested'])} | {_m(d['single']['in_sample'])} | "
-                f"{d['single']['in_sample_choice']['threshold']} | {_m(d['average']['in_sample'])} | "
-                f"{d['average']['in_sample_choice']['threshold']} | {_m(d['single_choice_on_average'])} |")
-        lines += [""]
-    cand = folder / "probe_candidates.json"
-    if cand.is_file():
-        d = json.loads(cand.read_text())
-        lines += ["## Probe: a learned candidate stage with new information (`probe_candidates`, item 5)", "",
-                  "Per network set, nested: the fusion rule, a logistic regression on each kept component's features "
-                  "and its keep-threshold are chosen without the scored fold. *New information*: "
-                  f"{', '.join(d['new_information'])}; the ablation leaves it out.", "",
-                  "| network set | features | nested rule: Dice | MASD | NSD | + candidate stage: Dice | MASD | NSD | "
-                  "components dropped (touching a lesion) |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in d["runs"]:
-            lines.append(f"| {r['workdir']} | {'without the new information' if r['ablation'] else 'all'} | "
-                         f"{_m(r['nested_plain_rule'])} | {_m(r['nested_with_candidate_stage'])} | "
-                         f"{r['components_dropped']} ({r['components_dropped_touching_truth']}) |")
-        lines += [""]
-    fusion_titles = {
-        "probe_fusion.json": "## Probe: fusions that need both members to agree (`probe_fusion`, item 1)",
-        "probe_fusion_seed_replicate.json": "## Probe: a second seed of the shipped 3D variant (`probe_fusion "
-                                            "--modes mean`; `tvp3ds1` = `tvp3d` trained with `--seed 1`)"}
-    for fname, title in fusion_titles.items():
-        if not (folder / fname).is_file():
-            continue
-        d = json.loads((folder / fname).read_text())
-        lines += [title, "",
-                  "*mean*: w p3 + (1 − w) p2 (the runtime's); *geometric*: p3^w p2^(1−w); *vote*: a threshold per "
-                  "member, both must fire. Same grids, same one-SE rule, each nested (chosen on the other folds); "
-                  "in-sample figures optimistic.", "",
-                  "| network set (3D+2D) | fusion | nested: Dice | MASD | NSD | in-sample: Dice | MASD | NSD | "
-                  "in-sample threshold | weight of 3D |", "|---|---|---|---|---|---|---|---|---|---|"]
+def _average_probe(files: list[Path]) -> list[str]:
+    lines = ["## Probe: a choice tuned on single networks, applied to averages of networks (`probe_average`)", "",
+             "Both map kinds are out of fold: *single* is one network per member and fold, *average* the mean of "
+             "several networks of the same fold. Nested figures are honest; in-sample ones optimistic.", "",
+             "| single | average of | nested single: Dice | MASD | NSD | nested average: Dice | MASD | NSD | "
+             "in-sample single: Dice | MASD | NSD | threshold | in-sample average, re-tuned: Dice | MASD | NSD | "
+             "threshold | single's choice on the averages: Dice | MASD | NSD |",
+             "|---|---|" + "---|" * 17]
+    for f in files:
+        d = json.loads(f.read_text())
+        lines.append(
+            f"| {d.get('single_source', 'training/runs/cv')} | "
+            f"{', '.join(d.get('average_sources', ['training/runs/cv', 'training/runs/gpu']))} | "
+            f"{_m(d['single']['nested'])} | {_m(d['average']['nested'])} | {_m(d['single']['in_sample'])} | "
+            f"{d['single']['in_sample_choice']['threshold']} | {_m(d['average']['in_sample'])} | "
+            f"{d['average']['in_sample_choice']['threshold']} | {_m(d['single_choice_on_average'])} |")
+    return lines
+
+
+def _candidates_probe(files: list[Path]) -> list[str]:
+    d = json.loads(files[0].read_text())
+    lines = ["## Probe: a learned candidate stage with new information (`probe_candidates`, item 5)", "",
+             "Per network set, nested: the fusion rule, a logistic regression on each kept component's features "
+             "and its keep-threshold are chosen without the scored fold. *New information*: "
+             f"{', '.join(d['new_information'])}; the ablation leaves it out.", "",
+             "| network set | features | nested rule: Dice | MASD | NSD | + candidate stage: Dice | MASD | NSD | "
+             "components dropped (touching a lesion) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["runs"]:
+        lines.append(f"| {r['workdir']} | {'without the new information' if r['ablation'] else 'all'} | "
+                     f"{_m(r['nested_plain_rule'])} | {_m(r['nested_with_candidate_stage'])} | "
+                     f"{r['components_dropped']} ({r['components_dropped_touching_truth']}) |")
+    return lines
+
+
+def _fusion_probe(title: str) -> Callable[[list[Path]], list[str]]:
+    def render(files: list[Path]) -> list[str]:
+        d = json.loads(files[0].read_text())
+        lines = [title, "",
+                 "*mean*: w p3 + (1 − w) p2 (the runtime's); *geometric*: p3^w p2^(1−w); *vote*: a threshold per "
+                 "member, both must fire. Same grids, same one-SE rule, each nested (chosen on the other folds); "
+                 "in-sample figures optimistic.", "",
+                 "| network set (3D+2D) | fusion | nested: Dice | MASD | NSD | in-sample: Dice | MASD | NSD | "
+                 "in-sample threshold | weight of 3D |", "|---|---|---|---|---|---|---|---|---|---|"]
         for net_set, modes in d["sets"].items():
             for mode, r in modes.items():
                 ch = r["in_sample_choice"]
                 lines.append(f"| {net_set} | {mode} | {_m(r['nested'])} | {_m(r['in_sample'])} | {ch['threshold']} | "
                              f"{list(ch['weights'].values())[0]} |")
-        lines += [""]
-    errors = folder / "probe_errors.json"
-    if errors.is_file():
-        d = json.loads(errors.read_text())
-        lines += ["## Error anatomy of the nested masks (`probe_errors`)", "",
-                  f"Network set {d['set']} (nested {_m(d['nested'])}), each fold's fusion chosen on the other folds. "
-                  "*Far*: false-positive voxels in predicted components that touch no lesion; *rim*: the rest "
-                  "(over-segmentation of found lesions). Components are 26-connected.", "",
-                  "| stratum | cases | true-positive voxels | false-positive: far | rim | false-negative voxels | "
-                  "predicted components (touching no lesion) | lesions found / all | lesion-free cases given a "
-                  "prediction |", "|---|---|---|---|---|---|---|---|---|"]
-        for name in [s for s in ("none", "<1%", "1-5%", ">5%", "all") if s in d["strata"]]:
-            a = d["strata"][name]
-            lines.append(f"| {name} | {a['cases']} | {a['tp']} | {a['fp_far']} | {a['fp_rim']} | {a['fn']} | "
-                         f"{a['pred_components']} ({a['pred_components_far']}) | {a['lesions_found']} / "
-                         f"{a['lesions']} | {a['empty_cases_with_prediction']} |")
-        if "oracle_without_far_components" in d:
-            lines += ["", "The same masks with every component that touches no lesion removed, using the truth (an upper "
-                      "bound for any component filter, not an estimate): Dice / MASD / NSD "
-                      f"{_m(d['oracle_without_far_components']).replace(' | ', ' / ')}."]
-        lines += [""]
+        return lines
+    return render
+
+
+def _errors_probe(files: list[Path]) -> list[str]:
+    d = json.loads(files[0].read_text())
+    lines = ["## Error anatomy of the nested masks (`probe_errors`)", "",
+             f"Network set {d['set']} (nested {_m(d['nested'])}), each fold's fusion chosen on the other folds. "
+             "*Far*: false-positive voxels in predicted components that touch no lesion; *rim*: the rest "
+             "(over-segmentation of found lesions). Components are 26-connected.", "",
+             "| stratum | cases | true-positive voxels | false-positive: far | rim | false-negative voxels | "
+             "predicted components (touching no lesion) | lesions found / all | lesion-free cases given a "
+             "prediction |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in [s for s in ("none", "<1%", "1-5%", ">5%", "all") if s in d["strata"]]:
+        a = d["strata"][name]
+        lines.append(f"| {name} | {a['cases']} | {a['tp']} | {a['fp_far']} | {a['fp_rim']} | {a['fn']} | "
+                     f"{a['pred_components']} ({a['pred_components_far']}) | {a['lesions_found']} / "
+                     f"{a['lesions']} | {a['empty_cases_with_prediction']} |")
+    if "oracle_without_far_components" in d:
+        lines += ["", "The same masks with every component that touches no lesion removed, using the truth (an upper "
+                  "bound for any component filter, not an estimate): Dice / MASD / NSD "
+                  f"{_m(d['oracle_without_far_components']).replace(' | ', ' / ')}."]
+    return lines
+
+
+# each committed probe's JSON (a glob under training/) and how it is rendered, in the report's order
+PROBES: tuple[tuple[str, Callable[[list[Path]], list[str]]], ...] = (
+    ("probe_average*.json", _average_probe),
+    ("probe_candidates.json", _candidates_probe),
+    ("probe_fusion.json", _fusion_probe("## Probe: fusions that need both members to agree (`probe_fusion`, item 1)")),
+    ("probe_fusion_seed_replicate.json", _fusion_probe(
+        "## Probe: a second seed of the shipped 3D variant (`probe_fusion --modes mean`; `tvp3ds1` = `tvp3d` "
+        "trained with `--seed 1`)")),
+    ("probe_errors.json", _errors_probe),
+)
+
+
+def probes_section(folder: Path = REPO / "training") -> list[str]:
+    """The committed probes' results (training/probe_*.json, written by their modules), as tables."""
+    lines: list[str] = []
+    for pattern, render in PROBES:
+        files = sorted(folder.glob(pattern))
+        if files:
+            lines += render(files) + [""]
     return lines
 
 
