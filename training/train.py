@@ -75,9 +75,10 @@ class Sampler:
             neg = np.argwhere(_pad_to(s.image[:1], s.confounders, self.patch)[1]) if self.hn > 0 else fg[:0]
             brain_slices = np.flatnonzero(np.abs(img[0]).reshape(img.shape[1], -1).max(axis=1) > 0)
             self.items.append((img, lab, fg, neg, brain_slices))
-        # lesions to paste: those whose carved box fits half a patch in-plane (the small ones) and the patch's depth
-        extent = [s.image.shape[1], *(p // 2 for p in self.patch[-2:])] if kind == "2d" else \
-            [self.patch[0], *(p // 2 for p in self.patch[1:])]
+        # lesions to paste: those whose carved box fits half a patch in-plane (the small ones) and, for 3D patches,
+        # the patch's depth (a 2D patch takes one section of any lesion)
+        depth = max(s.image.shape[1] for s in samples) if kind == "2d" else self.patch[0]
+        extent = [depth, *(p // 2 for p in self.patch[-2:])]
         self.bank = carvemix.lesion_bank([s.image for s in samples], [s.label for s in samples], extent) \
             if self.cm > 0 else []
 
@@ -126,9 +127,9 @@ class Sampler:
                     centre = [self.rng.integers(n) for n in shape]
                 c = self._corner(shape, centre)
                 sl = tuple(slice(a, a + p) for a, p in zip(c, self.patch))
-                x, y = self._carve(img[(slice(None),) + sl], lab[sl][None], index)
-                xs.append(x)
-                ys.append(y)
+                patch_x, patch_y = self._carve(img[(slice(None),) + sl], lab[sl][None], index)
+                xs.append(patch_x)
+                ys.append(patch_y)
             else:
                 if pool is not None:
                     z, y, x = pool[self.rng.integers(len(pool))]
@@ -138,9 +139,9 @@ class Sampler:
                     y, x = self.rng.integers(lab.shape[1]), self.rng.integers(lab.shape[2])
                 c = self._corner(lab.shape[1:], (y, x))
                 sl = (slice(c[0], c[0] + self.patch[0]), slice(c[1], c[1] + self.patch[1]))
-                x, y = self._carve(img[:, z][(slice(None),) + sl], lab[z][sl][None], index)
-                xs.append(x)
-                ys.append(y)
+                patch_x, patch_y = self._carve(img[:, z][(slice(None),) + sl], lab[z][sl][None], index)
+                xs.append(patch_x)
+                ys.append(patch_y)
         return np.stack(xs).astype(np.float32), np.stack(ys).astype(np.float32)
 
 
