@@ -90,12 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             cases = [cls.from_arrays(cid, k, pf, study.cases[cid].label, study.cases[cid].brain,
                                      study.cases[cid].spacing_zyx, study.cases[cid].burden)
                      for cid, (k, pf) in maps.items()]
-            tuning_grid = T.THRESHOLDS
-            T.THRESHOLDS = VOTE_THRESHOLDS if mode == "vote" else tuning_grid
-            try:
-                grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None)
-            finally:
-                T.THRESHOLDS = tuning_grid
+            grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None,
+                                thresholds=VOTE_THRESHOLDS if mode == "vote" else T.THRESHOLDS)
             ev = T.evaluate(grid)
             out[mode] = {"nested": ev["nested"], "in_sample": ev["in_sample"],
                          "in_sample_choice": ev["in_sample_choice"].describe(grid.flip_axes),

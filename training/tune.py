@@ -190,11 +190,13 @@ def restrict(grid: Grid, members: Sequence[str]) -> Grid:
 
 
 def score_grid(cases: list[CaseData], flip_axes: list[list[int]], members: Sequence[Sequence[str]] | None = None,
-               log: Callable = print) -> Grid:
-    """Per-case Dice at every grid point, for every candidate member set (default: every source combination)."""
+               log: Callable = print, thresholds: Sequence[float] | None = None) -> Grid:
+    """Per-case Dice at every grid point, for every candidate member set (default: every source combination);
+    ``thresholds``: the threshold axis (default THRESHOLDS; a probe's fusion may need another range)."""
+    thresholds = THRESHOLDS if thresholds is None else thresholds
     pool = sorted(cases[0].per_flip)
     sets = [tuple(m) for m in members] if members else candidates(pool)
-    redundant = np.asarray(EMPTY_MAX_PROB)[None, :] <= np.asarray(THRESHOLDS)[:, None]  # peak < ep <= thr: empty anyway
+    redundant = np.asarray(EMPTY_MAX_PROB)[None, :] <= np.asarray(thresholds)[:, None]  # peak < ep <= thr: empty anyway
     redundant &= np.asarray(EMPTY_MAX_PROB)[None, :] > 0
     truths = [c.truth[c.crop] for c in cases]
     n_truth = [int(c.truth.sum()) for c in cases]
@@ -203,7 +205,7 @@ def score_grid(cases: list[CaseData], flip_axes: list[list[int]], members: Seque
         for flips in itertools.product(*(tta_choices(cases[0].per_flip[m].shape[0]) for m in cand)):
             for weights in weight_grid(len(cand)):
                 fused = [c.fused(cand, flips, weights) for c in cases]
-                for ti, thr in enumerate(THRESHOLDS):
+                for ti, thr in enumerate(thresholds):
                     block = np.stack([post_dice(*component_table(f, t, c.brain, thr), n, c.voxel_mm3)
                                       for f, t, c, n in zip(fused, truths, cases, n_truth)], axis=-1)
                     block[:, redundant[ti], :, :] = np.nan
