@@ -212,8 +212,8 @@ PROBES: tuple[tuple[str, Callable[[list[Path]], list[str]]], ...] = (
     ("probe_candidates.json", _candidates_probe),
     ("probe_fusion.json", _fusion_probe("## Probe: fusions that need both members to agree (`probe_fusion`, item 1)")),
     ("probe_fusion_seed_replicate.json", _fusion_probe(
-        "## Probe: a second seed of the shipped 3D variant (`probe_fusion --modes mean`; `tvp3ds1` = `tvp3d` "
-        "trained with `--seed 1`)")),
+        "## Probe: more seeds of the shipped 3D variant (`probe_fusion --modes mean`; `tvp3dsN` = `tvp3d` "
+        "trained with `--seed N`)")),
     ("probe_errors.json", _errors_probe),
 )
 
