@@ -30,11 +30,11 @@ from hieseg.metrics import case_metrics
 from . import config
 from . import tune as T
 from .data import REPO
+from .probe_fusion import set_cases, set_maps
 from .study import load_study, make_config
 
 log = logging.getLogger("training")
 OUT = REPO / "training" / "probe_errors.json"
-RUNS = REPO / "training" / "runs"
 FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pred_components_far", "lesions",
           "lesions_found", "empty_cases_with_prediction")
 
@@ -74,26 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     study = load_study(make_config())
-    three, two = study.members
-    src3, src2 = args.set.split("+")
-    names = (f"{three}@{src3}", f"{two}@{src2}")
-    cases = []
-    for k, ids in enumerate(study.folds):
-        for cid in ids:
-            c = study.cases[cid]
-            per_flip = {names[0]: np.load(study.oof_path(three, cid, RUNS / src3))["per_flip"],
-                        names[1]: np.load(study.oof_path(two, cid, RUNS / src2))["per_flip"]}
-            cases.append(T.CaseData.from_arrays(cid, k, per_flip, c.label, c.brain, c.spacing_zyx, c.burden))
-    grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None)
+    names, maps = set_maps(study, args.set)
+    grid = T.score_grid(set_cases(study, maps), config.TTA_FLIPS, members=[names], log=lambda *_: None)
     ev = T.evaluate(grid)
-    choices = {int(k): T.Choice(names, tuple(tuple(config.TTA_FLIPS.index(f) for f in v["tta_flips"][m])
-                                             for m in names),
-                                tuple(v["weights"][m] for m in names), v["threshold"], v["min_component_mm3"],
-                                v["empty_max_probability_below"], v["empty_min_lesion_mm3"])
-               for k, v in ev["per_fold_choice"].items()}
+    choices = ev["nested_choices"]
     strata: dict[str, dict[str, int]] = {}
     oracle_rows = []
-    for case, row in zip(cases, ev["nested_rows"]):
+    for case, row in zip(grid.cases, ev["nested_rows"]):
         mask = T.mask_of(case, choices[case.fold])
         counts = anatomy(case.truth, mask)
         oracle_rows.append({**row, **case_metrics(case.truth, without_far(case.truth, mask), case.spacing_zyx)})

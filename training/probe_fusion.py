@@ -62,6 +62,24 @@ def case_class(mode: str) -> type[T.CaseData]:
     return Fused
 
 
+def set_maps(study, net_set: str) -> tuple[tuple[str, str], dict[str, tuple[int, dict[str, np.ndarray]]]]:
+    """A network set ``SRC3D+SRC2D``'s pool names and, per case, its fold and the two members' OOF per-flip maps
+    (from the workdirs training/runs/SRC3D and training/runs/SRC2D)."""
+    three, two = study.members  # config.MEMBERS' order: the 3D member, then the 2D one
+    src3, src2 = net_set.split("+")
+    names = (f"{three}@{src3}", f"{two}@{src2}")
+    maps = {cid: (k, {names[0]: np.load(study.oof_path(three, cid, RUNS / src3))["per_flip"],
+                      names[1]: np.load(study.oof_path(two, cid, RUNS / src2))["per_flip"]})
+            for k, ids in enumerate(study.folds) for cid in ids}
+    return names, maps
+
+
+def set_cases(study, maps: dict, cls: type[T.CaseData] = T.CaseData) -> list[T.CaseData]:
+    """The tuning's cases of a network set's maps (``set_maps``), in fold order."""
+    return [cls.from_arrays(cid, k, pf, study.cases[cid].label, study.cases[cid].brain, study.cases[cid].spacing_zyx,
+                            study.cases[cid].burden) for cid, (k, pf) in maps.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.probe_fusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,23 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     study = load_study(make_config())
-    three, two = study.members  # config.MEMBERS' order: the 3D member, then the 2D one
     result: dict = json.loads(args.out.read_text()) if args.out.is_file() else {"sets": {}}
     result["modes"] = list(MODES)
     for net_set in args.sets:
-        src3, src2 = net_set.split("+")
-        names = (f"{three}@{src3}", f"{two}@{src2}")
-        maps = {}
-        for k, ids in enumerate(study.folds):
-            for cid in ids:
-                maps[cid] = (k, {names[0]: np.load(study.oof_path(three, cid, RUNS / src3))["per_flip"],
-                                 names[1]: np.load(study.oof_path(two, cid, RUNS / src2))["per_flip"]})
+        names, maps = set_maps(study, net_set)
         out = result["sets"].get(net_set, {})
         for mode in args.modes:
-            cls = case_class(mode)
-            cases = [cls.from_arrays(cid, k, pf, study.cases[cid].label, study.cases[cid].brain,
-                                     study.cases[cid].spacing_zyx, study.cases[cid].burden)
-                     for cid, (k, pf) in maps.items()]
+            cases = set_cases(study, maps, case_class(mode))
             grid = T.score_grid(cases, config.TTA_FLIPS, members=[names], log=lambda *_: None,
                                 thresholds=VOTE_THRESHOLDS if mode == "vote" else T.THRESHOLDS)
             ev = T.evaluate(grid)

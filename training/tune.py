@@ -323,7 +323,7 @@ def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print, rul
         log(f"  nested: fold {k} scored with the choice made on the other folds: "
             f"{chosen[k]['choice'].describe(grid.flip_axes)}")
     rows = case_rows(grid, lambda c: chosen[c.fold]["choice"])
-    return {"rows": rows, "per_fold_choice": {str(k): {**chosen[k]["choice"].describe(grid.flip_axes),
+    return {"rows": rows, "choices": {k: chosen[k]["choice"] for k in folds}, "per_fold_choice": {str(k): {**chosen[k]["choice"].describe(grid.flip_axes),
                                                        "inner_mean_dice": chosen[k]["mean_dice"]}
                                               for k in folds}}
 
@@ -335,7 +335,8 @@ def evaluate(grid: Grid) -> dict:
     chosen = select(grid, range(len(grid.cases)), cache)
     nest = nested(grid, cache, log=lambda *_: None)
     return {"in_sample_choice": chosen["choice"], "in_sample": summarise(case_rows(grid, lambda c: chosen["choice"])),
-            "nested": summarise(nest["rows"]), "nested_rows": nest["rows"], "per_fold_choice": nest["per_fold_choice"]}
+            "nested": summarise(nest["rows"]), "nested_rows": nest["rows"], "per_fold_choice": nest["per_fold_choice"],
+            "nested_choices": nest["choices"]}
 
 
 def summarise(rows: list[dict]) -> dict:
