@@ -160,3 +160,28 @@ def test_the_oracle_drops_only_components_touching_no_lesion():
     expected = pred.copy()
     expected[3, 6, 6] = False
     assert np.array_equal(without_far(truth, pred), expected)
+
+
+def test_seed_summary_groups_replicates_and_pairs_cases():
+    """Replicates `xs1`, `xs2` of variant `x` group with `x`; the paired difference is each case's seed-mean Dice
+    minus the reference variant's, over the same cases."""
+    from training.report import seed_summary, variant_of
+
+    assert [variant_of(s) for s in ("tvp3d", "tvp3ds1", "hn3ds12", "cv")] == ["tvp3d", "tvp3d", "hn3d", "cv"]
+
+    def run(dices, masd, nsd):
+        rows = [{"case_id": f"c{i}", "dice": d} for i, d in enumerate(dices)]
+        return {"mean": {"nested": {"dice": float(np.mean(dices)), "masd": masd, "nsd": nsd}, "nested_rows": rows}}
+
+    sets = {"ref+cv": run([0.5, 0.6, 0.7], 4.0, 0.70), "refs1+cv": run([0.3, 0.6, 0.9], 5.0, 0.60),
+            "new+cv": run([0.6, 0.6, 0.8], 3.0, 0.75), "news1+cv": run([0.6, 0.8, 0.8], 3.0, 0.65),
+            "ref,refs1+cv": run([0.9, 0.9, 0.9], 1.0, 0.9)}  # an averaged set: not a replicate
+    ref, new = seed_summary(sets)
+    assert (ref["variant"], ref["seeds"], new["variant"], new["seeds"]) == ("ref", 2, "new", 2)
+    assert ref["dice"][0] == pytest.approx(0.6) and ref["masd"] == pytest.approx((4.5, np.sqrt(0.5)))
+    # seed means per case: ref 0.4, 0.6, 0.8; new 0.6, 0.7, 0.8 -> differences 0.2, 0.1, 0.0
+    d = np.array([0.2, 0.1, 0.0])
+    assert new["vs"]["mean"] == pytest.approx(0.1)
+    assert new["vs"]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert (new["vs"]["better"], new["vs"]["worse"]) == (2, 0)
+    assert "vs" not in ref

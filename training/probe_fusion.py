@@ -64,12 +64,17 @@ def case_class(mode: str) -> type[T.CaseData]:
 
 def set_maps(study, net_set: str) -> tuple[tuple[str, str], dict[str, tuple[int, dict[str, np.ndarray]]]]:
     """A network set ``SRC3D+SRC2D``'s pool names and, per case, its fold and the two members' OOF per-flip maps
-    (from the workdirs training/runs/SRC3D and training/runs/SRC2D)."""
+    (from the workdirs training/runs/SRC3D and training/runs/SRC2D). A source may list several workdirs,
+    ``a,b,c``: their maps' mean (networks of the same fold, e.g. a variant's seeds; still out of fold)."""
     three, two = study.members  # config.MEMBERS' order: the 3D member, then the 2D one
     src3, src2 = net_set.split("+")
     names = (f"{three}@{src3}", f"{two}@{src2}")
-    maps = {cid: (k, {names[0]: np.load(study.oof_path(three, cid, RUNS / src3))["per_flip"],
-                      names[1]: np.load(study.oof_path(two, cid, RUNS / src2))["per_flip"]})
+
+    def oof(member: str, src: str, cid: str) -> np.ndarray:
+        return np.mean([np.load(study.oof_path(member, cid, RUNS / d))["per_flip"] for d in src.split(",")], axis=0,
+                       dtype=np.float32)
+
+    maps = {cid: (k, {names[0]: oof(three, src3, cid), names[1]: oof(two, src2, cid)})
             for k, ids in enumerate(study.folds) for cid in ids}
     return names, maps
 
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.probe_fusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS),
-                   help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member)")
+                   help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member; a,b,c: the mean of "
+                        "several workdirs' maps)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                    help="fusions to (re)compute; the others' results already in --out are kept")
     p.add_argument("--out", type=Path, default=OUT)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from .data import REPO
 
@@ -181,8 +184,65 @@ def _fusion_probe(title: str) -> Callable[[list[Path]], list[str]]:
                 ch = r["in_sample_choice"]
                 lines.append(f"| {net_set} | {mode} | {_m(r['nested'])} | {_m(r['in_sample'])} | {ch['threshold']} | "
                              f"{list(ch['weights'].values())[0]} |")
-        return lines
+        return lines + _seed_lines(d["sets"])
     return render
+
+
+def variant_of(source: str) -> str:
+    """A workdir's variant: its name less a replicate's seed suffix ('tvp3ds2' -> 'tvp3d', `--seed N` runs)."""
+    return re.sub(r"s\d+$", "", source)
+
+
+def seed_summary(sets: dict) -> list[dict]:
+    """Per 3D variant (with its 2D source), the nested figures of its seeds (the sets SRC3D+SRC2D whose SRC3D is
+    one workdir, fusion ``mean``): their mean and sample SD, and, against the first variant listed, the per-case
+    Dice difference of the seed means, paired over the cases (mean, its standard error, cases better / worse)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for net_set, modes in sets.items():
+        src3, src2 = net_set.split("+")
+        if "," not in src3 and "mean" in modes:
+            groups.setdefault((variant_of(src3), src2), []).append(modes["mean"])
+    out, ref = [], None
+    for (variant, src2), runs in groups.items():
+        row = {"variant": variant, "source_2d": src2, "seeds": len(runs)}
+        for m in ("dice", "masd", "nsd"):
+            v = np.array([r["nested"][m] for r in runs], float)
+            row[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan"))
+        per_case = {}
+        for r in runs:
+            for c in r["nested_rows"]:
+                per_case.setdefault(c["case_id"], []).append(c["dice"])
+        row["case_dice"] = {c: float(np.mean(v)) for c, v in per_case.items()}
+        if ref is None:
+            ref = row
+        else:
+            d = np.array([row["case_dice"][c] - ref["case_dice"][c] for c in ref["case_dice"]])
+            row["vs"] = {"variant": ref["variant"], "mean": float(d.mean()),
+                         "se": float(d.std(ddof=1) / np.sqrt(len(d))), "better": int((d > 1e-9).sum()),
+                         "worse": int((d < -1e-9).sum())}
+        out.append(row)
+    return out
+
+
+def _seed_lines(sets: dict) -> list[str]:
+    rows = [r for r in seed_summary(sets) if r["seeds"] > 1]
+    if not rows:
+        return []
+
+    def pm(v, digits):
+        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+    lines = ["", "Per variant over its seeds (nested figures of the single-seed sets above: mean ± SD over seeds; "
+             "the difference is each case's Dice averaged over the variant's seeds minus the same for the first "
+             "variant, paired over the cases: mean ± standard error, cases better / worse):", "",
+             "| 3D variant | 2D source | seeds | nested Dice | MASD | NSD | Δ Dice vs first, paired | better / worse |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs = r.get("vs")
+        delta = f"{vs['mean']:+.3f} ± {vs['se']:.3f} (vs {vs['variant']})" if vs else "reference"
+        updown = f"{vs['better']} / {vs['worse']}" if vs else "–"
+        lines.append(f"| {r['variant']} | {r['source_2d']} | {r['seeds']} | {pm(r['dice'], 3)} | {pm(r['masd'], 2)} | "
+                     f"{pm(r['nsd'], 3)} | {delta} | {updown} |")
+    return lines
 
 
 def _errors_probe(files: list[Path]) -> list[str]:
