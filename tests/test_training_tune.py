@@ -162,6 +162,23 @@ def test_the_oracle_drops_only_components_touching_no_lesion():
     assert np.array_equal(without_far(truth, pred), expected)
 
 
+def test_shared_errors_count_what_the_other_mask_makes_alike():
+    from training.probe_errors import shared
+
+    truth = np.zeros((4, 8, 8), bool)
+    truth[1, 1:3, 1:3] = True  # 4 lesion voxels
+    pred = np.zeros_like(truth)
+    pred[1, 2:4, 2:4] = True  # 1 true positive, 3 rim false positives
+    pred[3, 5:7, 6] = True  # 2 far false positives
+    other = np.zeros_like(truth)
+    other[1, 1, 1] = other[1, 2, 2] = True  # the true positive, and the false negative (1, 1, 1) found
+    other[1, 3, 3] = True  # one rim voxel
+    other[3, 5, 6] = True  # one far voxel
+    got = shared(truth, pred, other)
+    # false negatives of pred: (1,1,1), (1,1,2), (1,2,1); other misses two of them
+    assert got == {"tp": (1, 1), "fp_rim": (3, 1), "fp_far": (2, 1), "fn": (3, 2)}
+
+
 def test_seed_summary_groups_replicates_and_pairs_cases():
     """Replicates `xs1`, `xs2` of variant `x` group with `x`; the paired difference is each case's seed-mean Dice
     minus the reference variant's, over the same cases."""

@@ -8,7 +8,11 @@ fusion on the other folds; each held-out mask is then taken apart against the tr
 - components: predicted components and those touching no lesion; lesions (truth components) found (touched by the
   prediction) of all; lesion-free cases given any prediction;
 - an oracle bound: the challenge metrics of the same masks with every component that touches no lesion removed
-  (what a perfect component filter could gain; it uses the truth, so it is no estimate).
+  (what a perfect component filter could gain; it uses the truth, so it is no estimate);
+- shared errors (``--others``): of each kind of voxel (true positive, far and rim false positive, false negative),
+  the share that another network set's nested masks make too. Sets with no network in common whose masks share
+  most of the false positives say those errors are systematic (the data's look-alikes), not seed noise that
+  more networks would average away.
 
 Components are 26-connected (hieseg.postprocess.label_components, the runtime's connectivity).
 
@@ -35,8 +39,18 @@ from .study import load_study, make_config
 
 log = logging.getLogger("training")
 OUT = REPO / "training" / "probe_errors.json"
+OTHERS = ("gpu+gpu", "seeds-single+seeds-single")  # no network in common with the shipped pair
 FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pred_components_far", "lesions",
           "lesions_found", "empty_cases_with_prediction")
+
+
+def far_false_positives(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The false-positive voxels lying in predicted components that touch no lesion."""
+    from hieseg.postprocess import label_components
+
+    plab, _ = label_components(pred)
+    touching = np.unique(plab[truth & pred])
+    return pred & ~truth & ~np.isin(plab, touching)
 
 
 def anatomy(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
@@ -51,11 +65,30 @@ def anatomy(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     far = ~touching[1:]
     found = np.unique(tlab[truth & pred])
     fp = pred & ~truth
-    fp_far = int(np.isin(plab[fp], np.flatnonzero(np.r_[False, far])).sum())
+    fp_far = int(far_false_positives(truth, pred).sum())
     return {"tp": int((truth & pred).sum()), "fp": int(fp.sum()), "fn": int((truth & ~pred).sum()),
             "fp_far": fp_far, "fp_rim": int(fp.sum()) - fp_far, "pred_components": n_pred,
             "pred_components_far": int(far.sum()), "lesions": n_true, "lesions_found": int((found > 0).sum()),
             "empty_cases_with_prediction": int(n_true == 0 and n_pred > 0)}
+
+
+SHARED = ("tp", "fp_far", "fp_rim", "fn")
+
+
+def shared(truth: np.ndarray, pred: np.ndarray, other: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Per voxel kind of ``pred`` (SHARED), (voxels, of them made alike by ``other``): true positives and false
+    positives ``other`` predicts too, false negatives it misses too."""
+    far = far_false_positives(truth, pred)
+    kinds = {"tp": truth & pred, "fp_far": far, "fp_rim": pred & ~truth & ~far, "fn": truth & ~pred}
+    return {k: (int(m.sum()), int((m & (other if k != "fn" else ~other)).sum())) for k, m in kinds.items()}
+
+
+def nested_masks(study, net_set: str) -> tuple[dict, list[T.CaseData], dict[str, np.ndarray]]:
+    """A network set's nested evaluation, its cases, and each case's nested mask (full grid) by case id."""
+    names, maps = set_maps(study, net_set)
+    grid = T.score_grid(set_cases(study, maps), config.TTA_FLIPS, members=[names], log=lambda *_: None)
+    ev = T.evaluate(grid)
+    return ev, grid.cases, {c.case_id: T.mask_of(c, ev["nested_choices"][c.fold]) for c in grid.cases}
 
 
 def without_far(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -70,18 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.probe_errors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", default="tvp3d+cv", help="SRC3D+SRC2D: workdirs under training/runs (default: shipped)")
+    p.add_argument("--others", nargs="*", default=list(OTHERS),
+                   help="network sets whose nested masks are compared voxel by voxel with --set's (shared errors)")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     study = load_study(make_config())
-    names, maps = set_maps(study, args.set)
-    grid = T.score_grid(set_cases(study, maps), config.TTA_FLIPS, members=[names], log=lambda *_: None)
-    ev = T.evaluate(grid)
-    choices = ev["nested_choices"]
+    ev, cases, masks = nested_masks(study, args.set)
     strata: dict[str, dict[str, int]] = {}
     oracle_rows = []
-    for case, row in zip(grid.cases, ev["nested_rows"]):
-        mask = T.mask_of(case, choices[case.fold])
+    for case, row in zip(cases, ev["nested_rows"]):
+        mask = masks[case.case_id]
         counts = anatomy(case.truth, mask)
         oracle_rows.append({**row, **case_metrics(case.truth, without_far(case.truth, mask), case.spacing_zyx)})
         for key in (row["stratum"], "all"):
@@ -89,12 +121,24 @@ def main(argv: list[str] | None = None) -> int:
             agg["cases"] += 1
             for f, v in counts.items():
                 agg[f] += v
+    others = {}
+    for other in args.others:
+        o_ev, _, o_masks = nested_masks(study, other)
+        agg = {k: [0, 0] for k in SHARED}
+        for case in cases:
+            for k, (n, both) in shared(case.truth, masks[case.case_id], o_masks[case.case_id]).items():
+                agg[k][0] += n
+                agg[k][1] += both
+        others[other] = {"nested": o_ev["nested"], "voxels": {k: {"n": n, "shared": b} for k, (n, b) in agg.items()}}
+        log.info(f"shared with {other}: {others[other]['voxels']}")
     result = {"set": args.set, "nested": ev["nested"], "strata": strata,
-              "oracle_without_far_components": T.summarise(oracle_rows),
+              "oracle_without_far_components": T.summarise(oracle_rows), "shared_with": others,
               "note": "Nested OOF masks (each fold's fusion chosen on the other folds) of one network set; fp_far: "
                       "false-positive voxels in predicted components touching no lesion; fp_rim: the rest. "
                       "oracle_without_far_components: the same masks with every component touching no lesion "
-                      "removed using the truth (an upper bound for any component filter, not an estimate)."}
+                      "removed using the truth (an upper bound for any component filter, not an estimate). shared_with: per "
+                      "other network set, each voxel kind of this set's masks (all cases) and how many of them "
+                      "the other set's nested masks make too (predict, or for fn: miss)."}
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
     log.info(f"{args.set}: {json.dumps(strata)}")
     log.info(f"wrote {args.out}")

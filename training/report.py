@@ -263,6 +263,18 @@ def _errors_probe(files: list[Path]) -> list[str]:
         lines += ["", "The same masks with every component that touches no lesion removed, using the truth (an upper "
                   "bound for any component filter, not an estimate): Dice / MASD / NSD "
                   f"{_m(d['oracle_without_far_components']).replace(' | ', ' / ')}."]
+    if d.get("shared_with"):
+        lines += ["", f"Shared errors: of {d['set']}'s voxels of each kind (all cases), the share that another network "
+                  "set's nested masks make too (predict; for false negatives: miss too).", "",
+                  "| other network set (its nested Dice / MASD / NSD) | networks in common | true positives | "
+                  "false positives: far | rim | false negatives |", "|---|---|---|---|---|---|"]
+        for other, o in d["shared_with"].items():
+            v = o["voxels"]
+            cells = " | ".join(f"{v[k]['shared'] / max(v[k]['n'], 1):.0%} of {v[k]['n']}"
+                               for k in ("tp", "fp_far", "fp_rim", "fn"))
+            common = [k for k, a, b in zip(("3D", "2D"), d["set"].split("+"), other.split("+")) if a == b]
+            lines.append(f"| {other} ({_m(o['nested']).replace(' | ', ' / ')}) | {', '.join(common) or 'none'} | "
+                         f"{cells} |")
     return lines
 
 
