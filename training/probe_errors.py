@@ -12,7 +12,8 @@ fusion on the other folds; each held-out mask is then taken apart against the tr
 - shared errors (``--others``): of each kind of voxel (true positive, far and rim false positive, false negative),
   the share that another network set's nested masks make too. Sets with no network in common whose masks share
   most of the false positives say those errors are systematic (the data's look-alikes), not seed noise that
-  more networks would average away.
+  more networks would average away. The classic rule's masks (``zadc<-2``) are compared the same way: how much
+  of each error kind lies where Z-ADC < -2.
 
 Components are 26-connected (hieseg.postprocess.label_components, the runtime's connectivity).
 
@@ -39,7 +40,8 @@ from .study import load_study, make_config
 
 log = logging.getLogger("training")
 OUT = REPO / "training" / "probe_errors.json"
-OTHERS = ("gpu+gpu", "seeds-single+seeds-single")  # no network in common with the shipped pair
+RULE = "zadc<-2"  # --others name of the classic rule Z-ADC < -2 inside the brain (hieseg.baseline)
+OTHERS = ("gpu+gpu", "seeds-single+seeds-single", RULE)  # no network in common with the shipped pair, and the rule
 FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pred_components_far", "lesions",
           "lesions_found", "empty_cases_with_prediction")
 
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", default="tvp3d+cv", help="SRC3D+SRC2D: workdirs under training/runs (default: shipped)")
     p.add_argument("--others", nargs="*", default=list(OTHERS),
-                   help="network sets whose nested masks are compared voxel by voxel with --set's (shared errors)")
+                   help="network sets whose nested masks are compared voxel by voxel with --set's (shared errors); "
+                        f"{RULE!r}: the classic rule's masks")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -123,7 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                 agg[f] += v
     others = {}
     for other in args.others:
-        o_ev, _, o_masks = nested_masks(study, other)
+        if other == RULE:  # the classic rule's masks (nothing tuned: its figures are the same in and out of sample)
+            from hieseg.baseline import baseline_mask
+
+            o_masks = {c.case_id: baseline_mask(study.cases[c.case_id].adc, study.cases[c.case_id].zadc)
+                       for c in cases}
+            o_ev = {"nested": T.summarise([{**r, **case_metrics(c.truth, o_masks[c.case_id], c.spacing_zyx)}
+                                           for c, r in zip(cases, ev["nested_rows"])])}
+        else:
+            o_ev, _, o_masks = nested_masks(study, other)
         agg = {k: [0, 0] for k in SHARED}
         for case in cases:
             for k, (n, both) in shared(case.truth, masks[case.case_id], o_masks[case.case_id]).items():

@@ -265,15 +265,16 @@ def _errors_probe(files: list[Path]) -> list[str]:
                   f"{_m(d['oracle_without_far_components']).replace(' | ', ' / ')}."]
     if d.get("shared_with"):
         lines += ["", f"Shared errors: of {d['set']}'s voxels of each kind (all cases), the share that another network "
-                  "set's nested masks make too (predict; for false negatives: miss too).", "",
-                  "| other network set (its nested Dice / MASD / NSD) | networks in common | true positives | "
+                  "set's nested masks, or the Z-ADC < −2 rule's, make too (predict; for false negatives: miss too).", "",
+                  "| other network set or rule (its nested Dice / MASD / NSD; the rule's are untuned) | networks in common | true positives | "
                   "false positives: far | rim | false negatives |", "|---|---|---|---|---|---|"]
         for other, o in d["shared_with"].items():
             v = o["voxels"]
             cells = " | ".join(f"{v[k]['shared'] / max(v[k]['n'], 1):.0%} of {v[k]['n']}"
                                for k in ("tp", "fp_far", "fp_rim", "fn"))
             common = [k for k, a, b in zip(("3D", "2D"), d["set"].split("+"), other.split("+")) if a == b]
-            lines.append(f"| {other} ({_m(o['nested']).replace(' | ', ' / ')}) | {', '.join(common) or 'none'} | "
+            common_cell = "– (a rule)" if "+" not in other else ", ".join(common) or "none"
+            lines.append(f"| {other} ({_m(o['nested']).replace(' | ', ' / ')}) | {common_cell} | "
                          f"{cells} |")
     return lines
 
@@ -284,8 +285,8 @@ PROBES: tuple[tuple[str, Callable[[list[Path]], list[str]]], ...] = (
     ("probe_candidates.json", _candidates_probe),
     ("probe_fusion.json", _fusion_probe("## Probe: fusions that need both members to agree (`probe_fusion`, item 1)")),
     ("probe_fusion_seed_replicate.json", _fusion_probe(
-        "## Probe: more seeds of the shipped 3D variant (`probe_fusion --modes mean`; `tvp3dsN` = `tvp3d` "
-        "trained with `--seed N`)")),
+        "## Probe: 3D variants over seeds (`probe_fusion --modes mean`; `VsN` = variant `V` trained with "
+        "`--seed N`; `a,b,c`: the mean of those networks' maps, a seed ensemble)")),
     ("probe_errors.json", _errors_probe),
 )
 
