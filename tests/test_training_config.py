@@ -37,3 +37,20 @@ def test_a_workdir_refuses_another_seed(tmp_path):
     open_workdir(make_config(workdir=tmp_path / "w", seed=1), fresh=True)  # same settings: resumes
     with pytest.raises(TrainingError):
         open_workdir(make_config(workdir=tmp_path / "w"), fresh=True)
+
+
+def test_a_data_curve_run_trains_on_an_even_spread_of_the_burden_and_is_recorded(tmp_path):
+    cfg = make_config(workdir=tmp_path / "half", train_cases=4)
+    assert cfg.settings()["train_cases"] == 4 and "--train-cases 4" in cfg.command()
+    burden = {f"c{i}": b for i, b in enumerate([0.0, 0.3, 0.001, 0.05, 0.0, 0.7, 0.01, 0.2, 0.002, 0.1])}
+    study = SimpleNamespace(config=cfg, folds=[["c0", "c1"], list(burden)[2:]],
+                            cases={c: SimpleNamespace(burden=b) for c, b in burden.items()})
+    ids = Study.training_ids(study, 0)
+    # fold 0's training cases by burden: c4 0, c2 .001, c8 .002, c6 .01, c3 .05, c9 .1, c7 .2, c5 .7 -> positions
+    # 0, 2.33, 4.67, 7 rounded to 0, 2, 5, 7: the lesion-free end, the largest lesion and two between
+    assert ids == ["c4", "c8", "c9", "c5"]
+    full = Study.training_ids(SimpleNamespace(config=make_config(workdir=tmp_path / "all"), folds=study.folds,
+                                              cases=study.cases), 0)
+    assert full == list(burden)[2:]
+    with pytest.raises(TrainingError):
+        make_config(workdir=tmp_path / "bad", train_cases=1)

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, metavar="N",
                    help="replicate N of a variant: the same settings trained from other random draws (use an own "
                         "--workdir; 0, the default, is every run's seed)")
+    p.add_argument("--train-cases", type=int, metavar="K",
+                   help="data curve: each fold trains on K of its training cases, spread evenly over the lesion "
+                        "burden (use an own --workdir; never shipped)")
     p.add_argument("--bf16", action="store_true",
                    help="train in bfloat16 autocast with channels-last tensors (2-3x faster on a CPU with AVX512-BF16; "
                         "weights, loss and the exported ONNX stay float32; use an own --workdir)")
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(quick=args.quick, workdir=args.workdir, model_dir=args.model_dir, members=args.members,
                           gpu=args.gpu, gpu_seeds=args.gpu_seeds, iterations=args.iterations,
                           hard_negative_fraction=args.hard_negatives,
-                          carvemix_fraction=args.carvemix, seed=args.seed or None, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
+                          carvemix_fraction=args.carvemix, seed=args.seed or None, train_cases=args.train_cases, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
                           folds=args.folds, ship_folds=args.ship_folds, compare=args.compare,
                           allow_dirty=args.allow_dirty, threads=args.threads)
         open_workdir(cfg, fresh="cv" in stages)

@@ -145,6 +145,8 @@ def export_all(study, tuning: dict, log=print) -> dict:
 
     folds = tuning["folds"]
     cfg = study.config
+    if cfg.train_cases:
+        raise TrainingError(f"{cfg.workdir}: trained on {cfg.train_cases} cases per fold (a data curve); never shipped")
     ship = cfg.ship_folds or ([folds[0]] if cfg.quick else None)
     if ship:
         missing = [k for k in ship if k not in folds]

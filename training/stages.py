@@ -60,7 +60,7 @@ def cv(study: Study) -> None:
         if study.fold_done(k):
             log.info(f"fold {k}: done")
             continue
-        train_ids = [c for f, ids in enumerate(study.folds) if f != k for c in ids]
+        train_ids = study.training_ids(k)
         for name, spec in study.members.items():
             log.info(f"fold {k} {name}: {len(train_ids)} train / {len(val_ids)} val cases")
             val = study.samples(name, val_ids)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import config
 from .data import REPO, SPLITS, RawCase, ensure_data, load_cases, load_split, make_split
 
@@ -39,6 +41,7 @@ class TrainConfig:
     hard_negative_fraction: float = 0.0  # share of training patches centred on the rule's false positives
     carvemix_fraction: float = 0.0  # share of training patches given another case's lesion (training/carvemix.py)
     seed: int = 0  # replicate number: 0 is every run's default; others train the same variant from other seeds
+    train_cases: int | None = None  # data curve: each fold trains on this many of its training cases (training_ids)
     bf16: bool = False  # CPU fast path: bfloat16 autocast forward + channels-last (benchmarks/train_speed.py)
     folds: list[int] | None = None  # cv / tune only these folds
     ship_folds: list[int] | None = None  # export only these folds' networks
@@ -63,6 +66,8 @@ class TrainConfig:
             out["carvemix_fraction"] = self.carvemix_fraction
         if self.seed:
             out["seed"] = self.seed
+        if self.train_cases:
+            out["train_cases"] = self.train_cases
         if self.bf16:
             out["precision"] = "bf16+channels_last"
         return out
@@ -87,6 +92,8 @@ class TrainConfig:
             parts += ["--carvemix", str(self.carvemix_fraction)]
         if self.seed:
             parts += ["--seed", str(self.seed)]
+        if self.train_cases:
+            parts += ["--train-cases", str(self.train_cases)]
         if self.bf16:
             parts += ["--bf16"]
         if self.trained_on == "gpu":
@@ -130,6 +137,8 @@ def make_config(*, quick: bool = False, workdir: str | Path | None = None, model
         if not 0 < carvemix_fraction <= 1:
             raise TrainingError(f"--carvemix {carvemix_fraction}: a share of the patches in (0, 1]")
         specs = {n: {**m, "carvemix_fraction": carvemix_fraction} for n, m in specs.items()}
+    if settings.get("train_cases") is not None and settings["train_cases"] < 2:
+        raise TrainingError(f"--train-cases {settings['train_cases']}: at least two training cases per fold")
     wd = Path(workdir) if workdir else REPO / "training" / "runs" / ("quick" if quick else "cv")
     md = Path(model_dir) if model_dir else (wd / "model" if quick else REPO / "model")
     if gpu_seeds is not None and gpu_seeds < 1:
@@ -200,6 +209,16 @@ class Study:
         """The random seed of fold k's network of a member kind: fixed per fold and kind (runs that differ in one
         setting start from the same draws), offset by the replicate number ``--seed``."""
         return 1000 * k + (1 if kind == "3d" else 2) + 10 * self.config.seed
+
+    def training_ids(self, k: int) -> list[str]:
+        """Fold k's training cases: every other fold's, or with ``train_cases`` that many of them spread evenly
+        over the burden order (a data curve keeps the mix of lesion-free, small and large lesions)."""
+        ids = [c for f, fold in enumerate(self.folds) if f != k for c in fold]
+        n = self.config.train_cases
+        if not n or n >= len(ids):
+            return ids
+        by_burden = sorted(ids, key=lambda c: (self.cases[c].burden, c))
+        return [by_burden[i] for i in np.unique(np.round(np.linspace(0, len(ids) - 1, n)).astype(int))]
 
     def selected_folds(self) -> list[int]:
         """The folds a stage works on: all, or ``--folds``."""
