@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = make_config(quick=args.quick, workdir=args.workdir, model_dir=args.model_dir, members=args.members,
                           gpu=args.gpu, gpu_seeds=args.gpu_seeds, iterations=args.iterations,
                           hard_negative_fraction=args.hard_negatives,
-                          carvemix_fraction=args.carvemix, seed=args.seed or None, train_cases=args.train_cases, bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
+                          carvemix_fraction=args.carvemix, seed=args.seed or None, train_cases=args.train_cases,
+                          bf16=args.bf16 or None, loss=args.loss, intensity=args.intensity,
                           folds=args.folds, ship_folds=args.ship_folds, compare=args.compare,
                           allow_dirty=args.allow_dirty, threads=args.threads)
         open_workdir(cfg, fresh="cv" in stages)

@@ -46,28 +46,34 @@ FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pre
           "lesions_found", "empty_cases_with_prediction")
 
 
-def far_false_positives(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The false-positive voxels lying in predicted components that touch no lesion."""
+def far_components(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction's component labels (26-connected, the runtime's) and, per label, whether that component
+    touches no lesion (label 0, the background, is never far)."""
     from hieseg.postprocess import label_components
 
-    plab, _ = label_components(pred)
-    touching = np.unique(plab[truth & pred])
-    return pred & ~truth & ~np.isin(plab, touching)
+    plab, psizes = label_components(pred)
+    far = np.ones(len(psizes), bool)
+    far[0] = False
+    far[np.unique(plab[truth & pred])] = False
+    return plab, far
+
+
+def far_false_positives(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The false-positive voxels lying in predicted components that touch no lesion."""
+    plab, far = far_components(truth, pred)
+    return far[plab]
 
 
 def anatomy(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     """One case's counts (FIELDS but ``cases``) for boolean (z, y, x) truth and prediction."""
     from hieseg.postprocess import label_components
 
-    plab, psizes = label_components(pred)
+    plab, far = far_components(truth, pred)
     tlab, _ = label_components(truth)
-    n_pred, n_true = len(psizes) - 1, int(tlab.max())
-    touching = np.zeros(n_pred + 1, bool)
-    touching[np.unique(plab[truth & pred])] = True
-    far = ~touching[1:]
+    n_pred, n_true = len(far) - 1, int(tlab.max())
     found = np.unique(tlab[truth & pred])
     fp = pred & ~truth
-    fp_far = int(far_false_positives(truth, pred).sum())
+    fp_far = int(far[plab].sum())
     return {"tp": int((truth & pred).sum()), "fp": int(fp.sum()), "fn": int((truth & ~pred).sum()),
             "fp_far": fp_far, "fp_rim": int(fp.sum()) - fp_far, "pred_components": n_pred,
             "pred_components_far": int(far.sum()), "lesions": n_true, "lesions_found": int((found > 0).sum()),
@@ -95,10 +101,7 @@ def nested_masks(study, net_set: str) -> tuple[dict, list[T.CaseData], dict[str,
 
 def without_far(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """The prediction minus its components that touch no lesion (an oracle: it looks at the truth)."""
-    from hieseg.postprocess import label_components
-
-    plab, _ = label_components(pred)
-    return np.isin(plab, np.unique(plab[truth & pred])) & pred
+    return pred & ~far_false_positives(truth, pred)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.probe_fusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS),
-                   help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member; a,b,c: the mean of "
-                        "several workdirs' maps)")
+                   help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member; "
+                        "a,b,c: the mean of several workdirs' maps)")
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
                    help="fusions to (re)compute; the others' results already in --out are kept")
     p.add_argument("--out", type=Path, default=OUT)

@@ -323,9 +323,9 @@ def nested(grid: Grid, nsd_cache: dict | None = None, log: Callable = print, rul
         log(f"  nested: fold {k} scored with the choice made on the other folds: "
             f"{chosen[k]['choice'].describe(grid.flip_axes)}")
     rows = case_rows(grid, lambda c: chosen[c.fold]["choice"])
-    return {"rows": rows, "choices": {k: chosen[k]["choice"] for k in folds}, "per_fold_choice": {str(k): {**chosen[k]["choice"].describe(grid.flip_axes),
-                                                       "inner_mean_dice": chosen[k]["mean_dice"]}
-                                              for k in folds}}
+    per_fold = {str(k): {**chosen[k]["choice"].describe(grid.flip_axes), "inner_mean_dice": chosen[k]["mean_dice"]}
+                for k in folds}
+    return {"rows": rows, "choices": {k: chosen[k]["choice"] for k in folds}, "per_fold_choice": per_fold}
 
 
 def evaluate(grid: Grid) -> dict:
