@@ -51,10 +51,14 @@ ARG MODEL_DIR=model
 COPY ${MODEL_DIR}/ /opt/app/model/
 COPY hieseg/ /opt/app/hieseg/
 COPY inference.py /opt/app/
-RUN chmod -R u=rwX,go=rX /opt/app
+COPY docker/entrypoint.sh /opt/app/docker/
+RUN chmod -R u=rwX,go=rX /opt/app && chmod 0755 /opt/app/docker/entrypoint.sh
 
 # ---- the image ------------------------------------------------------------------------------------------------
 FROM runtime-base
+# The entrypoint checks the host's NVIDIA driver only in the gpu variant (docker/entrypoint.sh).
+ARG VARIANT=gpu
+ENV HIESEG_IMAGE_VARIANT=${VARIANT}
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
@@ -67,5 +71,10 @@ WORKDIR /opt/app
 COPY --from=app /opt/app/model/ /opt/app/model/
 COPY --from=app /opt/app/hieseg/ /opt/app/hieseg/
 COPY --from=app /opt/app/inference.py /opt/app/
+COPY --from=app /opt/app/docker/entrypoint.sh /opt/app/docker/
 USER hieseg
-ENTRYPOINT ["python", "inference.py"]
+# `python inference.py "$@"` after the driver check: the host's NVIDIA driver against the image's CUDA (>= 570 for
+# 12.8), CUDA forward-compatibility libraries (/usr/local/cuda/compat) for an older one, one log line with driver /
+# CUDA / cuDNN, and CPU with one WARNING line where CUDA cannot work. `IMAGE hieseg predict IN OUT` runs the
+# multi-case CLI through the same check.
+ENTRYPOINT ["/opt/app/docker/entrypoint.sh"]
