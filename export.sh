@@ -55,7 +55,7 @@ mkdir -p "$stage/opt-ml-model" && tar -xzf "$model_tar.partial" -C "$stage/opt-m
 check='
 import sys
 from hieseg.errors import HiesegError
-from hieseg.manifest import load_manifest
+from hieseg.engine.manifest import load_manifest
 try:
     m = load_manifest(sys.argv[1])
 except HiesegError as exc:

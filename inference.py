@@ -9,7 +9,7 @@ model tarball), else ./model.
 Run ``python inference.py --help`` for options; the multi-case tool is ``hieseg predict``.
 """
 
-from hieseg.cli import grand_challenge_main
+from hieseg.app.cli import grand_challenge_main
 
 if __name__ == "__main__":
     raise SystemExit(grand_challenge_main())

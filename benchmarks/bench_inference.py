@@ -72,11 +72,11 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
     """
     import resource
 
-    from hieseg import sessions
-    from hieseg.cases import find_cases
-    from hieseg.ensemble import load_members
-    from hieseg.outputs import case_outputs
-    from hieseg.pipeline import Segmenter
+    from hieseg.engine import sessions
+    from hieseg.inputs.cases import find_cases
+    from hieseg.engine.ensemble import load_members
+    from hieseg.outputs.paths import case_outputs
+    from hieseg.app.pipeline import Segmenter
 
     if naive:
         sessions._shared_arena = False
@@ -128,11 +128,11 @@ def worker_torch(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from hieseg import preprocess
-    from hieseg.cases import find_cases
-    from hieseg.ensemble import Runner, run_ensemble
-    from hieseg.manifest import load_manifest
-    from hieseg.validate import load_pair
+    from hieseg.engine import preprocess
+    from hieseg.inputs.cases import find_cases
+    from hieseg.engine.ensemble import Runner, run_ensemble
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.inputs.validate import load_pair
     from training.export import load_net, net_from_onnx
 
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -176,7 +176,7 @@ def worker_torch(args: argparse.Namespace) -> dict:
         wall.append(time.perf_counter() - t)
         per_member.append(seconds)
         if parity is None:
-            from hieseg.pipeline import Segmenter
+            from hieseg.app.pipeline import Segmenter
 
             _, ort_prob = Segmenter(args.model, "cpu").segment(adc, zadc, geometry)
             parity = float(np.abs(ort_prob - fused).max())
@@ -316,8 +316,8 @@ def summarise(ort: dict, torch_res: dict | None) -> dict:
 
 def forward_items(member, image) -> list[tuple[tuple[int, ...], int]]:
     """(network input shape for one item, how many such items run) of one TTA pass of ``member`` over a prepared
-    image (C, z, y, x), following the runtime's padding, tiling and blank-slice sharing (hieseg.inferers)."""
-    from hieseg.inferers import padded_shape, tile_starts
+    image (C, z, y, x), following the runtime's padding, tiling and blank-slice sharing (hieseg.engine.inferers)."""
+    from hieseg.engine.inferers import padded_shape, tile_starts
 
     channels, spatial = image.shape[0], tuple(image.shape[1:])
     items = 1
@@ -342,11 +342,11 @@ def case_flops(args: argparse.Namespace) -> dict:
 
     import onnx
 
-    from hieseg import preprocess
-    from hieseg.cases import find_cases
-    from hieseg.ensemble import prepared_inputs
-    from hieseg.manifest import load_manifest
-    from hieseg.validate import load_pair
+    from hieseg.engine import preprocess
+    from hieseg.inputs.cases import find_cases
+    from hieseg.engine.ensemble import prepared_inputs
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.inputs.validate import load_pair
 
     manifest = load_manifest(args.model)
     # Folds of one architecture have the same weight shapes, hence the same FLOPs at a given input shape.

@@ -95,10 +95,10 @@ def cases() -> dict[str, tuple]:
 
 
 def segment(members, manifest, adc, zadc, spacing) -> tuple[np.ndarray, np.ndarray]:
-    """The runtime's ensemble and postprocessing (hieseg.pipeline.Segmenter.segment without the file I/O)."""
-    from hieseg import preprocess
-    from hieseg.ensemble import run_ensemble
-    from hieseg.postprocess import postprocess
+    """The runtime's ensemble and postprocessing (hieseg.app.pipeline.Segmenter.segment without the file I/O)."""
+    from hieseg.engine import preprocess
+    from hieseg.engine.ensemble import run_ensemble
+    from hieseg.engine.postprocess import postprocess
 
     crop = preprocess.crop_to_brain(adc, spacing, manifest.crop_margin_mm)
     prob = run_ensemble([m.runner() for m in members], adc, zadc, spacing, crop).probability
@@ -121,7 +121,8 @@ def placement(member, provider_list, threads) -> dict:
     """Run one member once with ORT profiling and count its compute nodes per provider that executed them."""
     import onnxruntime as ort
 
-    from hieseg.sessions import read_verified, session_options
+    from hieseg.files import read_verified
+    from hieseg.engine.sessions import session_options
 
     opts = session_options(threads)
     opts.enable_profiling = True
@@ -174,8 +175,9 @@ def to_fp16(data: bytes) -> bytes:
 
 
 def fp16_members(members, device, threads):
-    from hieseg.ensemble import LoadedMember
-    from hieseg.sessions import read_verified, session_from_bytes
+    from hieseg.engine.ensemble import LoadedMember
+    from hieseg.files import read_verified
+    from hieseg.engine.sessions import session_from_bytes
 
     out = []
     for lm in members:
@@ -217,9 +219,9 @@ def main() -> int:
             result["preload_dlls_error"] = str(exc)[:300]
     result["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
 
-    from hieseg.ensemble import load_members
-    from hieseg.manifest import load_manifest
-    from hieseg.sessions import CPU, CUDA, cuda_provider_options
+    from hieseg.engine.ensemble import load_members
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.engine.providers import CPU, CUDA, cuda_provider_options
 
     manifest = load_manifest(args.model)
     target = CUDA if args.provider == "cuda" else CPU
@@ -259,7 +261,7 @@ def main() -> int:
     result["parity_fp32"], result["timing"] = parity, timing
     result["checks"]["parity_fp32"] = all(p["ok"] for p in parity.values())
     if target == CUDA:
-        import hieseg.sessions as sessions
+        import hieseg.engine.providers as sessions
 
         default_options = sessions.cuda_provider_options
         sessions.cuda_provider_options = lambda *a, **k: dict(default_options(*a, **k), use_tf32=0)

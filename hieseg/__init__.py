@@ -14,19 +14,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from hieseg.version import __version__
 
 __all__ = ["Segmenter", "segment", "__version__"]
 
 if TYPE_CHECKING:  # static checkers see the real signatures; at run time they load on first use
-    from .api import Segmenter, segment
+    from hieseg.app.api import Segmenter, segment
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import hieseg` (and the CLI's start, and build tools reading __version__) stays light:
     # the API pulls in numpy, SimpleITK and ONNX Runtime only when it is used.
     if name in ("Segmenter", "segment"):
-        from . import api
+        from hieseg.app import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'hieseg' has no attribute {name!r}")

@@ -28,3 +28,7 @@ class DeviceError(HiesegError):
 
 class OutputError(HiesegError):
     """The output location cannot be written."""
+
+
+class MissingDependency(HiesegError, ImportError):
+    """An optional package needed for evaluation or QC pictures is not installed."""

@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 import hieseg
-from hieseg.manifest import BUNDLED_MODEL_DIR
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 
 repo = Path(sys.argv[1])
 site = Path(hieseg.__file__).resolve().parent

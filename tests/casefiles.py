@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hieseg.cases import GC_ADC_DIR, GC_ZADC_DIR
-from hieseg.io import Geometry, write_image
-from hieseg.phantom import Phantom, make_phantom
+from hieseg.inputs.gc_interface import GC_ADC_DIR, GC_ZADC_DIR
+from hieseg.inputs.io import Geometry, write_image
+from hieseg.inputs.phantom import Phantom, make_phantom
 
 
 def write_gc_case(root: Path, phantom: Phantom | None = None, name: str = "case.mha") -> Path:

@@ -11,12 +11,12 @@ import SimpleITK as sitk
 
 import hieseg
 from casefiles import write_gc_case
-from hieseg.cli import grand_challenge_main
+from hieseg.app.cli import grand_challenge_main
 from hieseg.errors import InputError, ModelError
-from hieseg.gc_interface import GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR
-from hieseg.io import Geometry
-from hieseg.manifest import BUNDLED_MODEL_DIR, GRAND_CHALLENGE_MODEL_DIR, MODEL_DIR_ENV, resolve_model_dir
-from hieseg.phantom import make_phantom
+from hieseg.inputs.gc_interface import GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR
+from hieseg.inputs.io import Geometry
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR, GRAND_CHALLENGE_MODEL_DIR, MODEL_DIR_ENV, resolve_model_dir
+from hieseg.inputs.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_model_lookup_order(tmp_path, toy_model, monkeypatch):
     assert resolve_model_dir(tmp_path) == tmp_path
     fake_gc = tmp_path / "opt-ml-model"
     shutil.copytree(toy_model, fake_gc)
-    monkeypatch.setattr("hieseg.manifest.GRAND_CHALLENGE_MODEL_DIR", fake_gc)
+    monkeypatch.setattr("hieseg.engine.manifest.GRAND_CHALLENGE_MODEL_DIR", fake_gc)
     assert resolve_model_dir(None) == toy_model  # the environment variable outranks /opt/ml/model
     monkeypatch.delenv(MODEL_DIR_ENV)
     assert resolve_model_dir(None) == fake_gc
@@ -123,7 +123,7 @@ def test_model_from_the_environment_is_used_and_a_missing_one_says_how_to_give_o
 
 
 def test_manifest_license_intended_use_references(tmp_path, toy_model):
-    from hieseg.manifest import load_manifest
+    from hieseg.engine.manifest import load_manifest
 
     shutil.copytree(toy_model, tmp_path / "m")
     raw = json.loads((tmp_path / "m/manifest.json").read_text())

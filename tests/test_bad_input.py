@@ -9,8 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from casefiles import files_under, write_bonbid_case, write_gc_case
-from hieseg.cli import grand_challenge_main, main
-from hieseg.phantom import make_phantom
+from hieseg.app.cli import grand_challenge_main, main
+from hieseg.inputs.phantom import make_phantom
 
 ADC = "images/skull-stripped-adc-brain-mri/case.mha"
 ZADC = "images/z-score-adc/case.mha"
@@ -171,7 +171,7 @@ def test_memory_limit_as_rlimit_data_fails_cleanly(tmp_path, toy_model, case):
     code = (
         "import resource, sys, numpy, onnxruntime, SimpleITK, scipy.ndimage\n"
         "resource.setrlimit(resource.RLIMIT_DATA, (200 * 2**20, 200 * 2**20))\n"
-        "from hieseg.cli import grand_challenge_main\n"
+        "from hieseg.app.cli import grand_challenge_main\n"
         f"sys.exit(grand_challenge_main(['--input', {str(case)!r}, '--output', {str(tmp_path / 'out')!r}, "
         f"'--model', {str(toy_model)!r}]))\n"
     )

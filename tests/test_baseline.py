@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hieseg.baseline import baseline_mask, run_baseline
-from hieseg.cli import main
-from hieseg.io import Geometry, read_image, write_image
+from hieseg.evaluation.baseline import baseline_mask, run_baseline
+from hieseg.app.cli import main
+from hieseg.inputs.io import Geometry, read_image, write_image
 
 SHAPE = (6, 16, 18)
 GEOMETRY = Geometry((18, 16, 6), (1.375, 1.375, 6.0), (-100.0, -90.0, -20.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))

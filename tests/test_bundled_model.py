@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from hieseg.cli import grand_challenge_main
-from hieseg.io import read_image
-from hieseg.manifest import BUNDLED_MODEL_DIR, load_manifest
-from hieseg.metrics import case_metrics, nanmean
-from hieseg.phantom import make_phantom
+from hieseg.app.cli import grand_challenge_main
+from hieseg.inputs.io import read_image
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR, load_manifest
+from hieseg.evaluation.metrics import case_metrics, nanmean
+from hieseg.inputs.phantom import make_phantom
 
 # ---------------------------------------------------------------------------------------------------------------
 # PINNED: the shipped model's scores on the bundled phantom (test/input), challenge metrics with the scorer's
@@ -63,8 +63,8 @@ def test_each_fold_beats_the_rule_out_of_fold(bundled):
     manifest records for the shipped choice (cv_scores.in_sample_optimistic, 4 decimals). About 40 x 2 member runs: minutes on a small CPU."""
     from realdata import real_cases_dir
 
-    from hieseg.cases import find_cases
-    from hieseg.pipeline import Segmenter
+    from hieseg.inputs.cases import find_cases
+    from hieseg.app.pipeline import Segmenter
 
     root = real_cases_dir()
     split = json.loads((BUNDLED_MODEL_DIR.parent / "training" / "splits.json").read_text())

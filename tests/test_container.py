@@ -43,7 +43,7 @@ def test_dockerfile_contract():
     base = next(rest for word, rest in ins if word == "ARG" and rest.startswith("BASE_IMAGE="))
     assert re.fullmatch(r"BASE_IMAGE=nvidia/cuda:12\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", base), base
     assert ins[ins.index(("ARG", base)) + 1][0] == "FROM" and "${BASE_IMAGE}" in ins[ins.index(("ARG", base)) + 1][1]
-    assert ("ENTRYPOINT", '["python", "inference.py"]') in final
+    assert ("ENTRYPOINT", '["/opt/app/docker/entrypoint.sh"]') in final
     assert ("WORKDIR", "/opt/app") in final
     users = [rest for word, rest in final if word == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0")

@@ -7,9 +7,10 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from hieseg import preprocess
-from hieseg.ensemble import LoadedMember, bound_runner, plain_runner, run_ensemble
-from hieseg.manifest import load_manifest, sha256_file
+from hieseg.engine import preprocess
+from hieseg.engine.ensemble import LoadedMember, bound_runner, plain_runner, run_ensemble
+from hieseg.engine.manifest import load_manifest
+from hieseg.files import file_digest
 from toy_models import ADC01, ZADC01, channel_sigmoid_model
 
 
@@ -48,7 +49,7 @@ def test_fusion_is_the_weighted_mean_of_restored_members(tmp_path):
     """Two native-spacing members known in closed form, weights 3 and 1: inside the brain crop the fused probability
     is (3 sigmoid(-20 (z01 - 0.4)) + sigmoid(5 (a01 - 0.3))) / 4, with z01 = (clip(Z, -10, 10) + 10) / 20 and
     a01 = clip(ADC, 0, 3400) / 3400 (the channels' clip_scale transforms); outside the crop it is 0."""
-    from hieseg.phantom import make_phantom
+    from hieseg.inputs.phantom import make_phantom
 
     specs = [("zadc_member", 1, 0.4, -20.0, 3.0), ("adc_member", 0, 0.3, 5.0, 1.0)]
     entries = []
@@ -57,7 +58,7 @@ def test_fusion_is_the_weighted_mean_of_restored_members(tmp_path):
         entries.append({"name": name, "file": f"{name}.onnx", "kind": "3d", "channels": [ADC01, ZADC01],
                         "target_spacing_zyx": [None, None, None], "patch_size": [16, 64, 64],
                         "divisible_by": [4, 8, 8], "batch_size": 2, "tta_flips": [[], [2]], "weight": weight,
-                        "sha256": sha256_file(tmp_path / f"{name}.onnx")})
+                        "sha256": file_digest(tmp_path / f"{name}.onnx")})
     (tmp_path / "manifest.json").write_text(json.dumps({
         "schema_version": 1, "name": "weights", "version": "test", "preprocessing": {"crop_margin_mm": 8.0},
         "members": entries, "fusion": {"threshold": 0.5, "min_component_mm3": 0.0},

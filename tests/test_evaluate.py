@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from hieseg.errors import InputError
-from hieseg.evaluate import evaluate_dirs, format_report, pair_files, summarize
-from hieseg.io import Geometry, write_image, write_mask
+from hieseg.evaluation.evaluate import evaluate_dirs, format_report, pair_files, summarize
+from hieseg.inputs.io import Geometry, write_image, write_mask
 
 pytest.importorskip("surface_distance")
 
@@ -188,7 +188,7 @@ def test_summary_of_no_rows():
 
 
 def test_cli_writes_csv_and_json(folders, tmp_path, capsys):
-    from hieseg.cli import main
+    from hieseg.app.cli import main
 
     gt, pred = folders
     out_csv, out_json = tmp_path / "out" / "rows.csv", tmp_path / "out" / "report.json"
@@ -209,7 +209,7 @@ def test_cli_writes_csv_and_json(folders, tmp_path, capsys):
 
 
 def test_cli_exit_code_on_failed_case_and_physical_order(tmp_path, capsys):
-    from hieseg.cli import main
+    from hieseg.app.cli import main
 
     gt, pred = tmp_path / "gt", tmp_path / "pred"
     write_mask(_mask(LESION), GEOMETRY, gt / "MGHNICU_001.mha")

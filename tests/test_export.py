@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from casefiles import write_gc_case
-from hieseg.cli import grand_challenge_main
+from hieseg.app.cli import grand_challenge_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_model_tarball_extracts_to_what_opt_ml_model_needs(tmp_path, toy_model, 
     manifest = json.loads((toy_model / "manifest.json").read_text())
     assert names == sorted(["manifest.json", *(m["file"] for m in manifest["members"])])  # top level, no folder
     # Grand Challenge extracts it to /opt/ml/model; the entry point then uses it without --model
-    monkeypatch.setattr("hieseg.manifest.GRAND_CHALLENGE_MODEL_DIR", tmp_path / "opt/ml/model")
+    monkeypatch.setattr("hieseg.engine.manifest.GRAND_CHALLENGE_MODEL_DIR", tmp_path / "opt/ml/model")
     monkeypatch.delenv("HIESEG_MODEL_DIR", raising=False)
     write_gc_case(tmp_path / "in")
     assert grand_challenge_main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "-q"]) == 0

@@ -25,11 +25,11 @@ import SimpleITK as sitk
 
 from casefiles import files_under, write_bonbid_case, write_gc_case
 from conftest import REPO
-from hieseg.cli import grand_challenge_main, main
+from hieseg.app.cli import grand_challenge_main, main
 from hieseg.errors import OutputError
-from hieseg.io import read_image
-from hieseg.phantom import make_phantom
-from hieseg.writer import TEMP_PREFIX
+from hieseg.inputs.io import read_image
+from hieseg.inputs.phantom import make_phantom
+from hieseg.files import TEMP_PREFIX
 
 pytestmark = pytest.mark.faults
 
@@ -88,9 +88,9 @@ def test_disk_full_is_one_line_before_the_model_loads_and_leaves_nothing(tmp_pat
 
 def test_a_case_is_committed_whole_or_not_at_all(tmp_path, toy_model, sample_input):
     """The mask fits on the disk but the report does not: neither may appear (nor a temporary)."""
-    from hieseg.cases import grand_challenge_case
-    from hieseg.outputs import CaseOutputs
-    from hieseg.pipeline import Segmenter
+    from hieseg.inputs.cases import grand_challenge_case
+    from hieseg.outputs.paths import CaseOutputs
+    from hieseg.app.pipeline import Segmenter
 
     segmenter = Segmenter(toy_model)
     result = segmenter.segment_case(grand_challenge_case(sample_input))
@@ -211,7 +211,7 @@ def _model_with_domain(toy_model: Path, folder: Path, domain) -> Path:
 
 
 def test_the_manifest_domain_is_the_one_applied(tmp_path, toy_model, sample_input, capsys):
-    from hieseg.domain import DEFAULT_DOMAIN
+    from hieseg.inputs.domain import DEFAULT_DOMAIN
 
     narrow = json.loads(json.dumps(DEFAULT_DOMAIN))
     narrow["spacing_zyx_mm"]["min"][0] = 5.0  # the sample's 4.5 mm slices are now too thin
@@ -275,10 +275,10 @@ def test_an_integer_zadc_runs_with_a_warning(tmp_path, toy_model, capsys):
 
 
 def test_the_default_domain_is_the_training_cases_domain():
-    """hieseg.domain.DEFAULT_DOMAIN is training.domain.training_domain's output on the 40 cases, not typed by hand."""
+    """hieseg.inputs.domain.DEFAULT_DOMAIN is training.domain.training_domain's output on the 40 cases, not typed by hand."""
     from realdata import real_cases_dir
 
-    from hieseg.domain import DEFAULT_DOMAIN
+    from hieseg.inputs.domain import DEFAULT_DOMAIN
     from training.data import load_cases
     from training.domain import training_domain
 
@@ -289,8 +289,8 @@ def test_real_cases_are_in_the_default_domain(toy_model_3d, tmp_path, capsys):
     """The default domain is computed from the training cases: none of them may trigger the guard."""
     from realdata import real_cases_dir
 
-    from hieseg.cases import find_cases
-    from hieseg.domain import check_case, default_domain
+    from hieseg.inputs.cases import find_cases
+    from hieseg.inputs.domain import check_case, default_domain
 
     for case in find_cases(real_cases_dir()):
         adc, geometry = read_image(case.adc)

@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from casefiles import files_under
-from hieseg.cli import grand_challenge_main
-from hieseg.gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUT_SOCKETS, OUTPUT_SOCKET,
-                                 ZADC_SOCKET)
-from hieseg.io import read_image, write_image
-from hieseg.phantom import make_phantom
+from hieseg.app.cli import grand_challenge_main
+from hieseg.inputs.gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUT_SOCKETS, OUTPUT_SOCKET, ZADC_SOCKET)
+from hieseg.inputs.io import read_image, write_image
+from hieseg.inputs.phantom import make_phantom
 
 ADC_UUID = "0f5e2c1a-6b1d-4a8e-9d33-5b1f7c2e9a41"
 ZADC_UUID = "7c9d0e4b-2a3f-4b6c-8e1d-0a9b8c7d6e5f"

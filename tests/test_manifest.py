@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from hieseg.errors import ModelError
-from hieseg.manifest import BUNDLED_MODEL_DIR, load_manifest, resolve_model_dir
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR, load_manifest, resolve_model_dir
 
 
 def test_toy_manifest_loads_and_verifies(toy_model):
@@ -21,7 +21,7 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
         load_manifest(tmp_path / "m")
     # Building the sessions checks the bytes they are built from (the manifest is then read without verify):
     # the same one-line refusal, before any network runs.
-    from hieseg.pipeline import Segmenter
+    from hieseg.app.pipeline import Segmenter
 
     with pytest.raises(ModelError, match="toy3d.onnx: checksum mismatch") as by_sessions:
         Segmenter(tmp_path / "m", "cpu")

@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from hieseg.metrics import (binarize, burden_stratum, case_metrics, lesion_counts, nanmean, scorer_spacing,
-                            scorer_uint8)
+from hieseg.lesions import binarize, burden_stratum, scorer_uint8
+from hieseg.evaluation.metrics import case_metrics, lesion_counts, nanmean, scorer_spacing
 
 pytest.importorskip("surface_distance")
 
@@ -362,7 +362,7 @@ def real_predictions(tmp_path_factory):
     eroded masks are empty."""
     from realdata import real_cases_dir
 
-    from hieseg.baseline import run_baseline
+    from hieseg.evaluation.baseline import run_baseline
 
     root = real_cases_dir()
     base = tmp_path_factory.mktemp("baseline")
@@ -381,7 +381,7 @@ def real_predictions(tmp_path_factory):
 def test_real_cases_match_the_challenge_scorer(real_predictions, variant, tmp_path, capsys):
     """``hieseg evaluate GT PRED --csv F`` per case against the scorer's arithmetic (``scorer_reference``) on all 40
     real cases, to 1e-6 in Dice, MASD and NSD; the means skip NaN as the leaderboard's do."""
-    from hieseg.cli import main
+    from hieseg.app.cli import main
 
     root, folders = real_predictions
     out_csv, out_json = tmp_path / "rows.csv", tmp_path / "report.json"

@@ -1,4 +1,4 @@
-"""Where a run's files go (hieseg.outputs.case_outputs), and the one failure path of a cohort run.
+"""Where a run's files go (hieseg.outputs.paths.case_outputs), and the one failure path of a cohort run.
 
 The expected paths are written out literally: they are the published interface (Grand Challenge's output socket,
 the folder layout the README documents), not a copy of the code's constants.
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from casefiles import files_under, write_bonbid_case, write_gc_case
-from hieseg.cases import Case, find_cases, pair_case
-from hieseg.cli import main
+from hieseg.inputs.cases import Case, find_cases, pair_case
+from hieseg.app.cli import main
 from hieseg.errors import InputError
-from hieseg.outputs import CaseOutputs, case_outputs, summary_path
-from hieseg.writer import TEMP_PREFIX
+from hieseg.outputs.paths import CaseOutputs, case_outputs, summary_path
+from hieseg.files import TEMP_PREFIX
 
 OUT = Path("/out")
 BONBID = Case("MGHNICU_014", Path("a.mha"), Path("z.mha"), "MGHNICU_014-VISIT_01_lesion")
@@ -108,19 +108,19 @@ def test_failing_cases_among_good_ones_take_one_path(tmp_path, toy_model, capsys
     """An input error (case 2) and a bug met while its files are being staged (case 4, after its mask was
     staged): each is one error line, a failed summary row, exit code 1, and no file of that case (nor a
     temporary) is left; the good cases are written whole."""
-    import hieseg.qc
+    import hieseg.outputs.qc as qc
 
     for n in (1, 2, 3, 4):
         write_bonbid_case(tmp_path / "in", n)
     (tmp_path / "in/2Z_ADC/Zmap_MGHNICU_002-VISIT_01-ADC_smooth2mm_clipped10.mha").write_bytes(b"garbage")
-    montage = hieseg.qc.montage_png
+    montage = qc.montage_png
 
     def montage_failing_for_case_4(adc, mask, title="", **kwargs):
         if title.startswith("MGHNICU_004"):
             raise ZeroDivisionError("a bug")
         return montage(adc, mask, title=title, **kwargs)
 
-    monkeypatch.setattr(hieseg.qc, "montage_png", montage_failing_for_case_4)
+    monkeypatch.setattr(qc, "montage_png", montage_failing_for_case_4)
     out = tmp_path / "out"
     code = main(["predict", str(tmp_path / "in"), str(out), "--model", str(toy_model), "--qc"])
     captured = capsys.readouterr()

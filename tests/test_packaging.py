@@ -71,7 +71,7 @@ def test_installed_package_finds_its_packaged_model_from_anywhere(tmp_path, toy_
     env["PYTHONPATH"] = str(site)
     code = (
         "import sys, hieseg\n"
-        "from hieseg.manifest import BUNDLED_MODEL_DIR\n"
+        "from hieseg.engine.manifest import BUNDLED_MODEL_DIR\n"
         f"m, r = hieseg.segment({str(case / 'images/skull-stripped-adc-brain-mri/case.mha')!r}, "
         f"{str(case / 'images/z-score-adc/case.mha')!r})\n"
         "print(hieseg.__file__, BUNDLED_MODEL_DIR, r['model']['members'])\n")

@@ -10,10 +10,10 @@ import onnxruntime as ort
 import SimpleITK as sitk
 
 from casefiles import files_under, write_bonbid_case, write_gc_case
-from hieseg.cli import grand_challenge_main, main
-from hieseg.io import Geometry, read_image
-from hieseg.phantom import Lesion, make_phantom
-from hieseg.sessions import CPU, choose_provider
+from hieseg.app.cli import grand_challenge_main, main
+from hieseg.inputs.io import Geometry, read_image
+from hieseg.inputs.phantom import Lesion, make_phantom
+from hieseg.engine.providers import CPU, choose_provider
 
 
 def _physical_centroid(image: sitk.Image) -> np.ndarray:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from hieseg import preprocess as P
+from hieseg.engine import preprocess as P
 
 
 def test_resample_identity_and_round_trip_of_smooth_field():

@@ -12,11 +12,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from hieseg.cases import find_cases
-from hieseg.ensemble import load_members
-from hieseg.manifest import BUNDLED_MODEL_DIR
-from hieseg.pipeline import Segmenter
-from hieseg.sessions import CPU, CUDA, OPENVINO, nvidia_driver_present
+from hieseg.inputs.cases import find_cases
+from hieseg.engine.ensemble import load_members
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR
+from hieseg.app.pipeline import Segmenter
+from hieseg.engine.providers import CPU, CUDA, OPENVINO, nvidia_driver_present
 from realdata import real_cases_dir
 
 # Both grid families (2 mm isotropic; 1.375 x 1.375 x 6 mm) and a 4 mm one; small and large lesion burden.
@@ -53,6 +53,7 @@ def _assert_same(results, reference_results, label):
         assert diff <= PROBABILITY_TOLERANCE, f"{label}, {case}: max |probability difference| {diff:.2e}"
 
 
+@pytest.mark.slow  # the shipped ensemble on real cases, twice (about 50 s)
 def test_fused_folds_match_one_session_per_member(reference):
     segmenter, cases, expected = reference
     shared = Segmenter(BUNDLED_MODEL_DIR, "cpu")

@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from hieseg.io import Geometry, write_image, write_mask  # noqa: E402
-from hieseg.metrics import MissingDependency  # noqa: E402
-from hieseg.qc import lesion_slices, write_montage, write_summary_plot  # noqa: E402
+from hieseg.inputs.io import Geometry, write_image, write_mask  # noqa: E402
+from hieseg.errors import MissingDependency  # noqa: E402
+from hieseg.outputs.qc import lesion_slices, write_montage, write_summary_plot  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -79,7 +79,7 @@ def test_summary_plot(tmp_path):
 
 
 def test_evaluate_qc_writes_summary_and_montages(tmp_path):
-    from hieseg.cli import main
+    from hieseg.app.cli import main
 
     pytest.importorskip("surface_distance")
     adc, truth, pred = _case()

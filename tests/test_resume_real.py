@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hieseg.cases import find_cases
-from hieseg.cli import main
-from hieseg.io import Geometry
-from hieseg.manifest import BUNDLED_MODEL_DIR
+from hieseg.inputs.cases import find_cases
+from hieseg.app.cli import main
+from hieseg.inputs.io import Geometry
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 from realdata import real_cases_dir
 
 REPO = Path(__file__).resolve().parents[1]

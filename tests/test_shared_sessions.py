@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from hieseg.ensemble import OPENVINO_MAX_2D_BATCH, LoadedMember, member_rows
-from hieseg.manifest import load_manifest
-from hieseg.sessions import CPU, OPENVINO
-from hieseg.shared_sessions import fused_graph, group_member, group_members
+from hieseg.engine.ensemble import OPENVINO_MAX_2D_BATCH, LoadedMember, member_rows
+from hieseg.engine.manifest import load_manifest
+from hieseg.engine.providers import CPU, OPENVINO
+from hieseg.engine.fused import fused_graph, group_member, group_members
 from toy_models import channel_sigmoid_model
 
 

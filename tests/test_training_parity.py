@@ -38,7 +38,7 @@ def real_case():
 def _manifest():
     if not (MODEL / "manifest.json").is_file():
         pytest.skip("no model/manifest.json")
-    from hieseg.manifest import load_manifest
+    from hieseg.engine.manifest import load_manifest
 
     return load_manifest(MODEL), json.loads((MODEL / "manifest.json").read_text())
 
@@ -119,15 +119,15 @@ def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
 
 
 def test_one_ensemble_loop_for_onnx_and_torch_predictors(real_case):
-    """The runtime's ensemble loop (hieseg.ensemble.run_ensemble) run twice on a real case with the same weights:
+    """The runtime's ensemble loop (hieseg.engine.ensemble.run_ensemble) run twice on a real case with the same weights:
     once with ONNX Runtime sessions as the predictors (as the runtime and the OOF stage run it), once with torch
     modules (as training validation, the cv stage and the torch-eager benchmark run it). Fused maps and the
     per-flip maps the OOF stage keeps agree within the export parity tolerance."""
     from dataclasses import replace
 
-    from hieseg import preprocess
-    from hieseg.ensemble import Runner, plain_runner, run_ensemble
-    from hieseg.sessions import create_session
+    from hieseg.engine import preprocess
+    from hieseg.engine.ensemble import Runner, plain_runner, run_ensemble
+    from hieseg.engine.sessions import create_session
     from training.export import PARITY_TOL, net_from_onnx
     from training.train import torch_predictor
 

@@ -94,7 +94,7 @@ def test_channels_last_checkpoint_loads_plain_and_exports(real_cases, tmp_path, 
     assert saved["channels_last"] is True
     assert all(t.is_contiguous() for t in saved["net"].values())  # plain tensors, as a default run writes
     net = load_net(tmp_path / "run" / "final.pt", spec["kind"], len(samples[0].image), spec["arch"])  # strict load
-    from hieseg.inferers import pad_spatial, padded_shape
+    from hieseg.engine.inferers import pad_spatial, padded_shape
 
     image = samples[0].image
     batch = np.ascontiguousarray(image[None] if spec["kind"] == "3d" else np.moveaxis(image, 1, 0))

@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hieseg.manifest import MaskRule  # noqa: E402
-from hieseg.postprocess import postprocess  # noqa: E402
+from hieseg.engine.manifest import MaskRule  # noqa: E402
+from hieseg.engine.postprocess import postprocess  # noqa: E402
 from training import tune as T  # noqa: E402
 
 SPACING = (3.0, 1.5, 1.5)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hieseg.manifest import sha256_file
+from hieseg.files import file_digest
 
 ADC01 = {"source": "adc", "transform": {"type": "clip_scale", "low": 0, "high": 3400}}
 ZADC01 = {"source": "zadc", "transform": {"type": "clip_scale", "low": -10, "high": 10}}
@@ -60,7 +60,7 @@ def write_toy_model(folder: Path, members: str = "3d+2d", fusion: dict[str, Any]
                         "target_spacing_zyx": [None, 1.0, 1.0], "patch_size": [256, 256],
                         "divisible_by": [16, 16], "batch_size": 8, "tta_flips": [[]], "weight": 1.0})
     for entry in entries:
-        entry["sha256"] = sha256_file(folder / entry["file"])
+        entry["sha256"] = file_digest(folder / entry["file"])
     manifest = {"schema_version": 1, "name": "toy", "version": "test", "preprocessing": {"crop_margin_mm": 8.0},
                 "members": entries,
                 "fusion": fusion or {"threshold": 0.5, "min_component_mm3": 0.0},

@@ -84,7 +84,7 @@ ZADC_RULE = {"source": "zadc", "transform": {"type": "below", "threshold": -2.0}
 
 
 def channel_specs(sources: list[str], intensity: str, stats: dict) -> list[dict]:
-    """Manifest channel entries (hieseg.preprocess transforms) for a member's sources."""
+    """Manifest channel entries (hieseg.engine.preprocess transforms) for a member's sources."""
     specs = []
     for src in sources:
         if src == "prior":

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hieseg.manifest import sha256_file
-from hieseg.metrics import STRATA, burden_stratum
+from hieseg.files import file_digest
+from hieseg.lesions import STRATA, burden_stratum
 
 REPO = Path(__file__).resolve().parent.parent
 TARBALL = REPO.parent / "shared" / "data" / "bonbid2023-train-40cases.tar.gz"
@@ -34,10 +34,10 @@ def ensure_data(tarball: Path = TARBALL, cache: Path = CACHE, verify: bool = Tru
             tar.extractall(cache, filter="data")
         marker.unlink(missing_ok=True)
     if verify and sums and not marker.is_file():
-        bad = [rel for digest, rel in sums if sha256_file(cache / rel.strip()) != digest]
+        bad = [rel for digest, rel in sums if file_digest(cache / rel.strip()) != digest]
         if bad:
             raise RuntimeError(f"{len(bad)} extracted files differ from SHA256SUMS, e.g. {bad[0]}")
-        marker.write_text(sha256_file(sums_file) + "\n")
+        marker.write_text(file_digest(sums_file) + "\n")
     return root
 
 
@@ -68,8 +68,8 @@ def label_path(root: Path, case_id: str) -> Path:
 
 def load_cases(root: Path, ids: list[str] | None = None) -> dict[str, RawCase]:
     # imported here: the GPU machine runs this package from packed arrays, without SimpleITK
-    from hieseg.cases import find_cases
-    from hieseg.io import read_image
+    from hieseg.inputs.cases import find_cases
+    from hieseg.inputs.io import read_image
 
     out = {}
     for case in find_cases(root):
@@ -83,7 +83,7 @@ def load_cases(root: Path, ids: list[str] | None = None) -> dict[str, RawCase]:
 
 
 def make_split(burdens: dict[str, float], n_folds: int = 5) -> dict:
-    """Stratified folds: cases ordered by stratum (hieseg.metrics.STRATA) and by burden within it are dealt
+    """Stratified folds: cases ordered by stratum (hieseg.lesions.STRATA) and by burden within it are dealt
     round-robin, so fold sizes differ by at most one and every fold spans the burden range (the empty cases
     land in different folds)."""
     folds: list[list[str]] = [[] for _ in range(n_folds)]

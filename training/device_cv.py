@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 def pack(out: Path = PACK, quick: bool = False) -> Path:
     """Every case cropped to its brain (the crop the runtime and training take: a second crop of the cropped arrays
     is the identity), as float32 / uint8 arrays in one compressed npz, with the statistics and the split."""
-    from hieseg import preprocess
+    from hieseg.engine import preprocess
 
     study = load_study(make_config(quick=quick))
     cases, margin = study.cases, study.config.crop_margin_mm
@@ -312,7 +312,7 @@ like-for-like variant in a ``--compare`` pool). Returns K."""
 
     import torch
 
-    from hieseg import preprocess
+    from hieseg.engine import preprocess
 
     from .stages import save_oof
 

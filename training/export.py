@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hieseg.manifest import sha256_file
+from hieseg.files import file_digest
 
 from . import config
 from .domain import training_domain
@@ -85,7 +85,7 @@ def parity(net: torch.nn.Module, onnx_path: Path, image: np.ndarray, spec: dict)
     """max |ORT - torch| over the member's whole-volume input of a real case (as the runtime feeds it)."""
     import onnxruntime as ort
 
-    from hieseg.inferers import pad_spatial, padded_shape
+    from hieseg.engine.inferers import pad_spatial, padded_shape
 
     if spec["kind"] == "3d":
         batch = image[None]
@@ -140,8 +140,8 @@ def _trained_by(training: dict | None) -> dict | None:
 
 def export_all(study, tuning: dict, log=print) -> dict:
     """The shipped choice of ``tuning`` as ONNX networks (parity-checked against torch) and model/manifest.json."""
-    from hieseg.io import write_json
-    from hieseg.manifest import load_manifest
+    from hieseg.inputs.io import write_json
+    from hieseg.engine.manifest import load_manifest
 
     folds = tuning["folds"]
     cfg = study.config
@@ -184,11 +184,11 @@ def export_all(study, tuning: dict, log=print) -> dict:
                 sample = study.samples(name, [study.folds[k][0]])[0]
                 diff = parity(net, model_dir / fname, sample.image, spec)
                 parities[fname] = diff
-                checkpoints[fname] = sha256_file(ckpt)
+                checkpoints[fname] = file_digest(ckpt)
                 log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id} ({pool_name})")
                 if diff > PARITY_TOL:
                     raise TrainingError(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
-            elif fname in previous["sha256"] and sha256_file(model_dir / fname) == previous["sha256"][fname]:
+            elif fname in previous["sha256"] and file_digest(model_dir / fname) == previous["sha256"][fname]:
                 # checkpoint gone (e.g. a new machine): keep the network exported from it, bytes verified
                 parities[fname] = previous["parity"].get(fname)
                 checkpoints[fname] = previous["checkpoints"].get(fname)
@@ -196,7 +196,7 @@ def export_all(study, tuning: dict, log=print) -> dict:
                 log(f"  {fname}: no checkpoint; keeping the exported network (sha256 as in the manifest)")
             else:
                 raise TrainingError(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
-            members.append({"name": f"{name}_f{k}", "file": fname, "sha256": sha256_file(model_dir / fname),
+            members.append({"name": f"{name}_f{k}", "file": fname, "sha256": file_digest(model_dir / fname),
                             **config.member_entry(spec, channels, fusion["tta_flips"][pool_name],
                                                   round(weight / len(folds), 6))})
         settings = sources[label] / "settings.json"
@@ -241,7 +241,7 @@ def export_all(study, tuning: dict, log=print) -> dict:
                                  "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
                                  "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
-            "data": {"tarball": TARBALL.name, "tarball_sha256": sha256_file(TARBALL), "n_cases": len(study.cases),
+            "data": {"tarball": TARBALL.name, "tarball_sha256": file_digest(TARBALL), "n_cases": len(study.cases),
                      "split": "training/splits.json" if not cfg.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {

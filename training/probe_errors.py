@@ -15,7 +15,7 @@ fusion on the other folds; each held-out mask is then taken apart against the tr
   more networks would average away. The classic rule's masks (``zadc<-2``) are compared the same way: how much
   of each error kind lies where Z-ADC < -2.
 
-Components are 26-connected (hieseg.postprocess.label_components, the runtime's connectivity).
+Components are 26-connected (hieseg.lesions.label_components, the runtime's connectivity).
 
     training/.venv/bin/python -m training.probe_errors   # -> training/probe_errors.json
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hieseg.metrics import case_metrics
+from hieseg.evaluation.metrics import case_metrics
 
 from . import config
 from . import tune as T
@@ -40,7 +40,7 @@ from .study import load_study, make_config
 
 log = logging.getLogger("training")
 OUT = REPO / "training" / "probe_errors.json"
-RULE = "zadc<-2"  # --others name of the classic rule Z-ADC < -2 inside the brain (hieseg.baseline)
+RULE = "zadc<-2"  # --others name of the classic rule Z-ADC < -2 inside the brain (hieseg.evaluation.baseline)
 OTHERS = ("gpu+gpu", "seeds-single+seeds-single", RULE)  # no network in common with the shipped pair, and the rule
 FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pred_components_far", "lesions",
           "lesions_found", "empty_cases_with_prediction")
@@ -49,7 +49,7 @@ FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pre
 def far_components(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The prediction's component labels (26-connected, the runtime's) and, per label, whether that component
     touches no lesion (label 0, the background, is never far)."""
-    from hieseg.postprocess import label_components
+    from hieseg.lesions import label_components
 
     plab, psizes = label_components(pred)
     far = np.ones(len(psizes), bool)
@@ -66,7 +66,7 @@ def far_false_positives(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 def anatomy(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
     """One case's counts (FIELDS but ``cases``) for boolean (z, y, x) truth and prediction."""
-    from hieseg.postprocess import label_components
+    from hieseg.lesions import label_components
 
     plab, far = far_components(truth, pred)
     tlab, _ = label_components(truth)
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     others = {}
     for other in args.others:
         if other == RULE:  # the classic rule's masks (nothing tuned: its figures are the same in and out of sample)
-            from hieseg.baseline import baseline_mask
+            from hieseg.evaluation.baseline import baseline_mask
 
             o_masks = {c.case_id: baseline_mask(study.cases[c.case_id].adc, study.cases[c.case_id].zadc)
                        for c in cases}

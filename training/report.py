@@ -372,12 +372,12 @@ def write_report(study, log=print) -> None:
     log(f"  wrote {results} and {png}")
     mf = study.config.model_dir / "manifest.json"
     if not quick and mf.is_file():
-        from hieseg.manifest import sha256_file
+        from hieseg.files import file_digest
 
         from .model_card import write_model_card
 
         # from the manifest alone, so that the committed card is checkable against the committed manifest
-        write_model_card(json.loads(mf.read_text()), None, REPO / "MODEL_CARD.md", sha256_file(mf))
+        write_model_card(json.loads(mf.read_text()), None, REPO / "MODEL_CARD.md", file_digest(mf))
         log(f"  wrote {REPO / 'MODEL_CARD.md'}")
     readme = REPO / "README.md"
     if tuning is not None and not quick and README_BEGIN in readme.read_text():

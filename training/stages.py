@@ -20,8 +20,8 @@ from .data import REPO, RawCase
 from .study import Study, TrainingError
 
 if TYPE_CHECKING:
-    from hieseg.ensemble import Predictor
-    from hieseg.manifest import Member
+    from hieseg.engine.ensemble import Predictor
+    from hieseg.engine.manifest import Member
 
 log = logging.getLogger("training")
 
@@ -29,9 +29,9 @@ log = logging.getLogger("training")
 def oof_maps(member: Member, predict: Predictor, batch_size: int, case: RawCase, crop_margin_mm: float
              ) -> list[np.ndarray]:
     """One case's probability maps on the native grid, one per TTA flip (config.TTA_FLIPS order), through the
-    runtime's own ensemble loop (hieseg.ensemble.run_ensemble) with ``predict`` as the member's predictor."""
-    from hieseg import preprocess
-    from hieseg.ensemble import Runner, run_ensemble
+    runtime's own ensemble loop (hieseg.engine.ensemble.run_ensemble) with ``predict`` as the member's predictor."""
+    from hieseg.engine import preprocess
+    from hieseg.engine.ensemble import Runner, run_ensemble
 
     member = replace(member, tta_flips=tuple(tuple(f) for f in config.TTA_FLIPS), weight=1.0)
     crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
@@ -81,9 +81,9 @@ def oof(study: Study) -> None:
     (``<member>_f<k>.onnx`` predicts fold k's validation cases), through the runtime's sessions and ensemble
     loop: the tuning then sees exactly what the shipped networks compute, and the folds stay tunable when the
     torch checkpoints are gone."""
-    from hieseg.ensemble import plain_runner
-    from hieseg.manifest import load_manifest
-    from hieseg.sessions import create_session
+    from hieseg.engine.ensemble import plain_runner
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.engine.sessions import create_session
 
     manifest = load_manifest(study.config.model_dir)
     for m in manifest.members:
@@ -126,8 +126,9 @@ def tune(study: Study) -> dict[str, Any]:
     """The shipped choice (made on all OOF cases; its score there is optimistic) and the honest estimate:
     nested cross-validation of the whole choice, for the full pool and for each member set alone. Writes
     tuning.json in the workdir and returns it."""
-    from hieseg.baseline import baseline_mask
-    from hieseg.metrics import STRATA, case_metrics
+    from hieseg.evaluation.baseline import baseline_mask
+    from hieseg.lesions import STRATA
+    from hieseg.evaluation.metrics import case_metrics
 
     from . import tune as T
 

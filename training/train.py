@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hieseg import preprocess
-from hieseg.ensemble import Runner, member_probability
-from hieseg.manifest import Member
+from hieseg.engine import preprocess
+from hieseg.engine.ensemble import Runner, member_probability
+from hieseg.engine.manifest import Member
 
 from . import carvemix, config
 from .config import CKPT_EVERY, TTA_FLIPS
@@ -35,7 +35,7 @@ class Sample:
 
 
 def prepare_case(case: RawCase, channels: list[dict], target_spacing, crop_margin_mm: float) -> Sample:
-    """Exactly the runtime's preprocessing (hieseg.preprocess.prepare), plus the label on the same grid and the
+    """Exactly the runtime's preprocessing (hieseg.engine.preprocess.prepare), plus the label on the same grid and the
     rule's false positives there (for hard-negative sampling; from the training case's own label only)."""
     crop = preprocess.crop_to_brain(case.adc, case.spacing_zyx, crop_margin_mm)
     # the rule rides along as one more channel: ADC and Z-ADC are resampled once for both
@@ -268,7 +268,7 @@ def torch_predictor(net: torch.nn.Module, device: str | torch.device = "cpu") ->
 
 def as_member(name: str, spec: dict, channels: list[dict], tta_flips=TTA_FLIPS, weight: float = 1.0) -> Member:
     """The runtime's description of a member spec (what export writes to the manifest, minus the file), so that
-    training runs its networks through hieseg.ensemble exactly as the runtime will."""
+    training runs its networks through hieseg.engine.ensemble exactly as the runtime will."""
     e = config.member_entry(spec, channels, tta_flips, weight)
     return Member(name=name, path=Path(), sha256="", kind=e["kind"], channels=tuple(e["channels"]),
                   target_spacing_zyx=tuple(e["target_spacing_zyx"]), patch_size=tuple(e["patch_size"]),

@@ -74,7 +74,7 @@ class Choice:
         return sum(len(f) - 1 for f in self.flips)
 
     def mask_rule(self):
-        from hieseg.manifest import MaskRule
+        from hieseg.engine.manifest import MaskRule
 
         return MaskRule(self.threshold, self.min_component_mm3, self.empty_max_probability_below,
                         self.empty_min_lesion_mm3)
@@ -137,7 +137,7 @@ class CaseData:
 
 def mask_of(case: CaseData, choice: Choice) -> np.ndarray:
     """The runtime's post-processing of the chosen fusion, on the full grid."""
-    from hieseg.postprocess import postprocess
+    from hieseg.engine.postprocess import postprocess
 
     prob = case.fused(choice.members, choice.flips, choice.weights)
     return case.full(postprocess(prob, case.brain, case.spacing_zyx, choice.mask_rule()))
@@ -148,7 +148,7 @@ def mask_of(case: CaseData, choice: Choice) -> np.ndarray:
 
 def component_table(prob: np.ndarray, truth_in_crop: np.ndarray, brain: np.ndarray, thr: float):
     """Peak probability in the brain, and the voxel count and truth overlap of each component >= thr."""
-    from hieseg.postprocess import label_components
+    from hieseg.lesions import label_components
 
     inside = np.where(brain, prob, 0.0)
     maxp = float(inside.max(initial=0.0))
@@ -160,8 +160,8 @@ def component_table(prob: np.ndarray, truth_in_crop: np.ndarray, brain: np.ndarr
 
 def post_dice(maxp: float, sizes: np.ndarray, overlaps: np.ndarray, n_truth: int, vox: float) -> np.ndarray:
     """Dice for every (min component, empty peak, empty volume) of the grid, shape (6, 9, 5): the runtime's rule
-    (``hieseg.postprocess.keep_components``, broadcast over the grid) followed by the challenge's Dice."""
-    from hieseg.postprocess import keep_components
+    (``hieseg.engine.postprocess.keep_components``, broadcast over the grid) followed by the challenge's Dice."""
+    from hieseg.engine.postprocess import keep_components
 
     keep = keep_components(sizes, maxp, vox, np.asarray(MIN_COMPONENT_MM3)[:, None, None],
                            np.asarray(EMPTY_MAX_PROB)[None, :, None], np.asarray(EMPTY_MIN_MM3)[None, None, :])
@@ -241,7 +241,7 @@ def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Ca
     ones, a case-level empty rule or a large component filter that wins on the tuning cases by a fraction of its
     noise erases small true lesions of unseen cases; the rule keeps such a rule only when it wins clearly.
     """
-    from hieseg.metrics import case_metrics
+    from hieseg.evaluation.metrics import case_metrics
 
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
@@ -302,7 +302,8 @@ def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Ca
 
 
 def case_rows(grid: Grid, choice_of: Callable[[CaseData], Choice]) -> list[dict]:
-    from hieseg.metrics import burden_stratum, case_metrics
+    from hieseg.lesions import burden_stratum
+    from hieseg.evaluation.metrics import case_metrics
 
     rows = []
     for case in grid.cases:
@@ -341,7 +342,7 @@ def evaluate(grid: Grid) -> dict:
 
 def summarise(rows: list[dict]) -> dict:
     """Mean Dice / MASD (NaN-skipping, as the leaderboard) / NSD of per-case rows."""
-    from hieseg.metrics import nanmean
+    from hieseg.evaluation.metrics import nanmean
 
     if not rows:
         return {"n": 0}

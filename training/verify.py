@@ -66,7 +66,7 @@ def compare(name: str, got: dict[str, Any], want: dict[str, Any]) -> list[str]:
 
 def verify(model_dir: Path, workdir: Path, threads: int = 2) -> list[str]:
     """Regenerate and compare; returns the differences (empty: the manifest's figures hold)."""
-    from hieseg.metrics import case_metrics
+    from hieseg.evaluation.metrics import case_metrics
 
     from . import stages
     from . import tune as T
