@@ -29,18 +29,18 @@ RUN set -eux; \
 # ---- dependencies: a venv installed offline from the host-made wheelhouse (never reaches the final image) ------
 FROM runtime-base AS deps
 # gpu -> requirements.txt (onnxruntime-gpu, what ships); cpu -> requirements-cpu.txt (onnxruntime, smaller);
-# openvino -> requirements-openvino.txt (onnxruntime-openvino + onnx: faster on x86 CPUs, larger).
+# Both carry native OpenVINO, the CPU engine of --device auto (bf16 where the CPU has native bf16 units).
 ARG VARIANT=gpu
-COPY requirements.txt requirements-cpu.txt requirements-openvino.txt /tmp/build/
+COPY requirements.txt requirements-cpu.txt /tmp/build/
 COPY scripts/container-constraints.txt /tmp/build/
 COPY wheelhouse/${VARIANT}/ /tmp/wheelhouse/
 RUN set -eux; \
-    case "${VARIANT}" in gpu) req=requirements.txt ;; cpu) req=requirements-cpu.txt ;; openvino) req=requirements-openvino.txt ;; \
-        *) echo "VARIANT must be gpu, cpu or openvino" >&2; exit 2 ;; esac; \
+    case "${VARIANT}" in gpu) req=requirements.txt ;; cpu) req=requirements-cpu.txt ;; \
+        *) echo "VARIANT must be gpu or cpu" >&2; exit 2 ;; esac; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/python -m pip install --no-cache-dir --disable-pip-version-check --no-index \
         --find-links /tmp/wheelhouse -r "/tmp/build/$req" -c /tmp/build/container-constraints.txt; \
-    /opt/venv/bin/python -c "import numpy, scipy, SimpleITK, onnxruntime as ort; print('onnxruntime', ort.__version__, ort.get_available_providers())"
+    /opt/venv/bin/python -c "import numpy, scipy, SimpleITK, onnxruntime as ort; import openvino; print('onnxruntime', ort.__version__, ort.get_available_providers(), 'openvino', openvino.__version__)"
 
 # ---- the application files, made world-readable whatever the host's umask was (the image runs as non-root) ------
 FROM runtime-base AS app

@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Build the inference image. Prepares the offline wheelhouse (scripts/make_wheelhouse.sh) when it is missing or
-# stale, then `docker build`. Tags: hieseg:<version>[-cpu|-openvino] and hieseg:latest[-cpu|-openvino], version from hieseg/__init__.py.
+# stale, then `docker build`. Tags: hieseg:<version>[-cpu] and hieseg:latest[-cpu], version from hieseg/__init__.py.
 #
 #   ./build.sh                                   # the submission image: CUDA 12.8 + cuDNN 9 base, onnxruntime-gpu
 #   BASE_IMAGE="$LOCAL_BASE_IMAGE" ./build.sh    # same dependencies on the local Debian base (no GPU here; CI)
 #   VARIANT=cpu ./build.sh                       # onnxruntime (CPU) instead of onnxruntime-gpu: smaller, CPU only
-#   VARIANT=openvino ./build.sh                  # onnxruntime-openvino: CPU only, faster on x86 (docs/benchmark.md)
 #   MODEL_DIR=/tmp/candidate ./build.sh          # bake another model folder instead of model/
 #   MODEL_DIR=none ./build.sh                    # no model baked in (hieseg:<version>-nomodel): the model comes
 #                                                # from Grand Challenge's model tarball at /opt/ml/model (export.sh)
 #   ./build.sh --no-cache                        # extra arguments go to docker build
 #
-# Environment: BASE_IMAGE (default: the Dockerfile's CUDA base), VARIANT (gpu|cpu|openvino, default gpu), IMAGE (repository
+# Environment: BASE_IMAGE (default: the Dockerfile's CUDA base), VARIANT (gpu|cpu, default gpu), IMAGE (repository
 # name, default hieseg), PYTHON_VERSIONS (CPython(s) to fetch wheels for; default: probed from the base image when
 # it is present locally, 3.12 for the default Ubuntu 24.04 CUDA base), DOCKER (default docker).
 # Tags: <version>[-cpu] and latest[-cpu], plus <version>-model-<model version>-<manifest sha256, 12>[-cpu]; with
@@ -20,8 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 variant="${VARIANT:-gpu}"
-case "$variant" in gpu) suffix="" ;; cpu) suffix="-cpu" ;; openvino) suffix="-openvino" ;;
-  *) echo "build.sh: VARIANT must be gpu, cpu or openvino" >&2; exit 2 ;; esac
+case "$variant" in gpu) suffix="" ;; cpu) suffix="-cpu" ;;
+  *) echo "build.sh: VARIANT must be gpu or cpu" >&2; exit 2 ;; esac
 docker="${DOCKER:-docker}"
 version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/__init__.py)"
 [[ -n "$version" ]] || { echo "build.sh: no __version__ in hieseg/__init__.py" >&2; exit 1; }

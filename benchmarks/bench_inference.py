@@ -72,11 +72,11 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
     """
     import resource
 
-    from hieseg.engine import sessions
-    from hieseg.inputs.cases import find_cases
-    from hieseg.engine.ensemble import load_members
-    from hieseg.outputs.paths import case_outputs
     from hieseg.app.pipeline import Segmenter
+    from hieseg.engine import sessions
+    from hieseg.engine.ensemble import load_members
+    from hieseg.inputs.cases import find_cases
+    from hieseg.outputs.paths import case_outputs
 
     if naive:
         sessions._shared_arena = False
@@ -129,9 +129,9 @@ def worker_torch(args: argparse.Namespace) -> dict:
     import torch
 
     from hieseg.engine import preprocess
-    from hieseg.inputs.cases import find_cases
     from hieseg.engine.ensemble import Runner, run_ensemble
     from hieseg.engine.manifest import load_manifest
+    from hieseg.inputs.cases import find_cases
     from hieseg.inputs.validate import load_pair
     from training.export import load_net, net_from_onnx
 
@@ -338,14 +338,13 @@ def case_flops(args: argparse.Namespace) -> dict:
     """FLOPs (2 x MACs of Conv/ConvTranspose/MatMul/Gemm, from each ONNX graph at the case's real input shapes)
     per case and network, TTA passes included, counting the forward passes the runtime really makes."""
     sys.path.insert(0, str(REPO / "benchmarks"))
+    import onnx
     from graph_flops import flops
 
-    import onnx
-
     from hieseg.engine import preprocess
-    from hieseg.inputs.cases import find_cases
     from hieseg.engine.ensemble import prepared_inputs
     from hieseg.engine.manifest import load_manifest
+    from hieseg.inputs.cases import find_cases
     from hieseg.inputs.validate import load_pair
 
     manifest = load_manifest(args.model)

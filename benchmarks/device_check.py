@@ -121,8 +121,8 @@ def placement(member, provider_list, threads) -> dict:
     """Run one member once with ORT profiling and count its compute nodes per provider that executed them."""
     import onnxruntime as ort
 
-    from hieseg.files import read_verified
     from hieseg.engine.sessions import session_options
+    from hieseg.files import read_verified
 
     opts = session_options(threads)
     opts.enable_profiling = True
@@ -176,14 +176,15 @@ def to_fp16(data: bytes) -> bytes:
 
 def fp16_members(members, device, threads):
     from hieseg.engine.ensemble import LoadedMember
-    from hieseg.files import read_verified
+    from hieseg.engine.providers import provider_plan
     from hieseg.engine.sessions import session_from_bytes
+    from hieseg.files import read_verified
 
     out = []
     for lm in members:
         part = lm.member
         data = to_fp16(read_verified(part.path, part.sha256))
-        session, provider = session_from_bytes(data, f"{part.name} (fp16)", device, threads=threads)
+        session, provider = session_from_bytes(data, f"{part.name} (fp16)", provider_plan(device, threads=threads))
         out.append(LoadedMember(part, session, provider))
     return out
 

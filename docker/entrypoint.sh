@@ -8,7 +8,7 @@
 #
 # It never fails on its own account: no nvidia-smi (no --gpus, or the CPU variant) only means CPU.
 # Environment (the overrides exist for tests and unusual images):
-#   HIESEG_IMAGE_VARIANT      gpu | cpu | openvino (the Dockerfile sets it); not gpu: no driver check at all
+#   HIESEG_IMAGE_VARIANT      gpu | cpu (the Dockerfile sets it); not gpu: no driver check at all
 #   HIESEG_IMAGE_CUDA         the image's CUDA release (default: $CUDA_VERSION of the nvidia/cuda base, else 12.8)
 #   HIESEG_NVIDIA_SMI         the nvidia-smi to run (default: nvidia-smi on PATH)
 #   HIESEG_CUDA_COMPAT_DIR    the forward-compatibility libraries (default /usr/local/cuda/compat)

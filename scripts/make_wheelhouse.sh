@@ -3,9 +3,8 @@
 # and reproducibly: exact pins from the requirements file plus scripts/container-constraints.txt for the
 # transitive dependencies, binary wheels only, for the image's CPython and manylinux x86_64.
 #
-#   scripts/make_wheelhouse.sh [gpu|cpu|openvino]  # gpu: requirements.txt (onnxruntime-gpu, the image that ships)
+#   scripts/make_wheelhouse.sh [gpu|cpu]  # gpu: requirements.txt (onnxruntime-gpu, the image that ships)
 #                                               # cpu: requirements-cpu.txt (onnxruntime, CPU-only image)
-#                                               # openvino: requirements-openvino.txt (onnxruntime-openvino)
 #   PYTHON_VERSIONS="3.11 3.12"                 # CPython(s) of the base images you build on:
 #                                               #   3.11 Debian bookworm (local base), 3.12 Ubuntu 24.04 (CUDA base)
 #   FORCE=1                                     # re-download even when the stamp matches
@@ -19,8 +18,7 @@ variant="${1:-gpu}"
 case "$variant" in
   gpu) req=requirements.txt ;;
   cpu) req=requirements-cpu.txt ;;
-  openvino) req=requirements-openvino.txt ;;
-  *) echo "make_wheelhouse: unknown variant '$variant' (gpu|cpu|openvino)" >&2; exit 2 ;;
+  *) echo "make_wheelhouse: unknown variant '$variant' (gpu|cpu)" >&2; exit 2 ;;
 esac
 pythons="${PYTHON_VERSIONS:-3.11 3.12}"
 constraints=scripts/container-constraints.txt

@@ -8,14 +8,14 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from casefiles import write_gc_case
 
 import hieseg
-from casefiles import write_gc_case
 from hieseg.app.cli import grand_challenge_main
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR, GRAND_CHALLENGE_MODEL_DIR, MODEL_DIR_ENV, resolve_model_dir
 from hieseg.errors import InputError, ModelError
 from hieseg.inputs.gc_interface import GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR
 from hieseg.inputs.io import Geometry
-from hieseg.engine.manifest import BUNDLED_MODEL_DIR, GRAND_CHALLENGE_MODEL_DIR, MODEL_DIR_ENV, resolve_model_dir
 from hieseg.inputs.phantom import make_phantom
 
 

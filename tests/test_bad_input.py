@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from casefiles import files_under, write_bonbid_case, write_gc_case
+
 from hieseg.app.cli import grand_challenge_main, main
 from hieseg.inputs.phantom import make_phantom
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hieseg.evaluation.baseline import baseline_mask, run_baseline
 from hieseg.app.cli import main
+from hieseg.evaluation.baseline import baseline_mask, run_baseline
 from hieseg.inputs.io import Geometry, read_image, write_image
 
 SHAPE = (6, 16, 18)

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from hieseg.app.cli import grand_challenge_main
-from hieseg.inputs.io import read_image
 from hieseg.engine.manifest import BUNDLED_MODEL_DIR, load_manifest
 from hieseg.evaluation.metrics import case_metrics, nanmean
+from hieseg.inputs.io import read_image
 from hieseg.inputs.phantom import make_phantom
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,8 +63,8 @@ def test_each_fold_beats_the_rule_out_of_fold(bundled):
     manifest records for the shipped choice (cv_scores.in_sample_optimistic, 4 decimals). About 40 x 2 member runs: minutes on a small CPU."""
     from realdata import real_cases_dir
 
-    from hieseg.inputs.cases import find_cases
     from hieseg.app.pipeline import Segmenter
+    from hieseg.inputs.cases import find_cases
 
     root = real_cases_dir()
     split = json.loads((BUNDLED_MODEL_DIR.parent / "training" / "splits.json").read_text())

@@ -9,18 +9,18 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from casefiles import files_under, write_bonbid_case
-from hieseg.engine import providers
+
 from hieseg.app.cli import main
-from hieseg.outputs.resume import completed_report
-from hieseg.inputs.cases import read_case_list
-from hieseg.inputs.shards import resolve_shard
-from hieseg.outputs.paths import CaseOutputs
+from hieseg.app.merge import merge_summaries
+from hieseg.engine import providers
 from hieseg.engine.providers import parse_device
 from hieseg.errors import DeviceError, InputError
-from hieseg.app.merge import merge_summaries
+from hieseg.inputs.cases import read_case_list
 from hieseg.inputs.io import read_image
+from hieseg.inputs.shards import resolve_shard
+from hieseg.outputs.paths import CaseOutputs
+from hieseg.outputs.resume import completed_report
 
 
 def _summary(path):
@@ -212,11 +212,11 @@ def test_device_strings():
 def test_cuda_n_picks_that_gpu(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: [providers.CUDA, providers.CPU])
     monkeypatch.setattr(providers, "nvidia_driver_present", lambda: True)
-    assert providers.requested_providers("cuda:2")[0][1]["device_id"] == 2
-    assert providers.requested_providers("cuda")[0][1]["device_id"] == 0
+    assert providers.provider_plan("cuda:2").ort_providers()[0][1]["device_id"] == 2
+    assert providers.provider_plan("cuda").ort_providers()[0][1]["device_id"] == 0
     monkeypatch.setattr(providers, "nvidia_driver_present", lambda: False)
     with pytest.raises(DeviceError, match="no NVIDIA driver"):
-        providers.requested_providers("cuda:1")
+        providers.provider_plan("cuda:1")
 
 
 def test_cli_rejects_a_bad_device(tmp_path, capsys):

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+from toy_models import ADC01, ZADC01, channel_sigmoid_model
 
 from hieseg.engine import preprocess
 from hieseg.engine.ensemble import LoadedMember, bound_runner, plain_runner, run_ensemble
 from hieseg.engine.manifest import load_manifest
 from hieseg.files import file_digest
-from toy_models import ADC01, ZADC01, channel_sigmoid_model
 
 
 def _session(model):

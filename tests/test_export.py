@@ -11,8 +11,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from casefiles import write_gc_case
+
 from hieseg.app.cli import grand_challenge_main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from casefiles import files_under, write_bonbid_case, write_gc_case
 from conftest import REPO
+
 from hieseg.app.cli import grand_challenge_main, main
 from hieseg.errors import OutputError
+from hieseg.files import TEMP_PREFIX
 from hieseg.inputs.io import read_image
 from hieseg.inputs.phantom import make_phantom
-from hieseg.files import TEMP_PREFIX
 
 pytestmark = pytest.mark.faults
 
@@ -88,9 +88,9 @@ def test_disk_full_is_one_line_before_the_model_loads_and_leaves_nothing(tmp_pat
 
 def test_a_case_is_committed_whole_or_not_at_all(tmp_path, toy_model, sample_input):
     """The mask fits on the disk but the report does not: neither may appear (nor a temporary)."""
+    from hieseg.app.pipeline import Segmenter
     from hieseg.inputs.cases import grand_challenge_case
     from hieseg.outputs.paths import CaseOutputs
-    from hieseg.app.pipeline import Segmenter
 
     segmenter = Segmenter(toy_model)
     result = segmenter.segment_case(grand_challenge_case(sample_input))

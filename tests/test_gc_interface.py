@@ -14,10 +14,18 @@ import shutil
 
 import numpy as np
 import pytest
-
 from casefiles import files_under
+
 from hieseg.app.cli import grand_challenge_main
-from hieseg.inputs.gc_interface import (ADC_SOCKET, GC_ADC_DIR, GC_OUTPUT, GC_ZADC_DIR, INPUT_SOCKETS, OUTPUT_SOCKET, ZADC_SOCKET)
+from hieseg.inputs.gc_interface import (
+    ADC_SOCKET,
+    GC_ADC_DIR,
+    GC_OUTPUT,
+    GC_ZADC_DIR,
+    INPUT_SOCKETS,
+    OUTPUT_SOCKET,
+    ZADC_SOCKET,
+)
 from hieseg.inputs.io import read_image, write_image
 from hieseg.inputs.phantom import make_phantom
 

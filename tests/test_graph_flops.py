@@ -7,9 +7,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import REPO
+from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from graph_flops import count_macs, flops  # noqa: E402

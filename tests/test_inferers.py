@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from hieseg.engine.inferers import (gaussian_weights, pad_spatial, predict_volume, sliding_window, tile_starts, with_flips)
+from hieseg.engine.inferers import (
+    gaussian_weights,
+    pad_spatial,
+    predict_volume,
+    sliding_window,
+    tile_starts,
+    with_flips,
+)
 
 rng = np.random.default_rng(0)
 

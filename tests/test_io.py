@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from hieseg.inputs.cases import case_id_of, find_cases, pair_case
-from hieseg.inputs.shards import shard
 from hieseg.errors import InputError
+from hieseg.inputs.cases import case_id_of, find_cases, pair_case
 from hieseg.inputs.io import Geometry, read_image, write_mask
 from hieseg.inputs.phantom import make_phantom
+from hieseg.inputs.shards import shard
 
 
 def test_mask_keeps_exact_geometry_in_every_format(tmp_path):

@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from hieseg.errors import ModelError
 from hieseg.engine.manifest import BUNDLED_MODEL_DIR, load_manifest, resolve_model_dir
+from hieseg.errors import ModelError
 
 
 def test_toy_manifest_loads_and_verifies(toy_model):

@@ -13,8 +13,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from hieseg.lesions import binarize, burden_stratum, scorer_uint8
 from hieseg.evaluation.metrics import case_metrics, lesion_counts, nanmean, scorer_spacing
+from hieseg.lesions import binarize, burden_stratum, scorer_uint8
 
 pytest.importorskip("surface_distance")
 

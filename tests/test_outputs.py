@@ -11,13 +11,13 @@ import json
 from pathlib import Path
 
 import pytest
-
 from casefiles import files_under, write_bonbid_case, write_gc_case
-from hieseg.inputs.cases import Case, find_cases, pair_case
+
 from hieseg.app.cli import main
 from hieseg.errors import InputError
-from hieseg.outputs.paths import CaseOutputs, case_outputs, summary_path
 from hieseg.files import TEMP_PREFIX
+from hieseg.inputs.cases import Case, find_cases, pair_case
+from hieseg.outputs.paths import CaseOutputs, case_outputs, summary_path
 
 OUT = Path("/out")
 BONBID = Case("MGHNICU_014", Path("a.mha"), Path("z.mha"), "MGHNICU_014-VISIT_01_lesion")

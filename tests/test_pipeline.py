@@ -6,14 +6,13 @@ import csv
 import json
 
 import numpy as np
-import onnxruntime as ort
 import SimpleITK as sitk
-
 from casefiles import files_under, write_bonbid_case, write_gc_case
+
 from hieseg.app.cli import grand_challenge_main, main
+from hieseg.engine.providers import CPU, provider_plan
 from hieseg.inputs.io import Geometry, read_image
 from hieseg.inputs.phantom import Lesion, make_phantom
-from hieseg.engine.providers import CPU, choose_provider
 
 
 def _physical_centroid(image: sitk.Image) -> np.ndarray:
@@ -62,8 +61,9 @@ def test_gc_run_writes_overlay_and_report_only(tmp_path, toy_model, sample_input
                 "lesion_components", "largest_component_ml", "members", "seconds"):
         assert key in report
     assert report["burden_class"] == "<1%" and report["lesion_components"] >= 2
-    auto = choose_provider("auto", ort.get_available_providers(), driver_present=False)[0]  # no GPU in CI
-    assert {m["provider"] for m in report["members"]} == {auto}
+    auto = provider_plan("auto")  # no GPU in CI
+    assert {m["provider"] for m in report["members"]} == {auto.provider}
+    assert report["engine"]["provider"] == auto.provider and report["engine"]["precision"] == auto.precision
     assert {"read", "validate", "preprocess", "member:toy3d", "member:toy2d", "fuse", "postprocess", "write",
             "total"} <= set(report["seconds"])
     captured = capsys.readouterr()

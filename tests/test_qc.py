@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from hieseg.inputs.io import Geometry, write_image, write_mask  # noqa: E402
 from hieseg.errors import MissingDependency  # noqa: E402
+from hieseg.inputs.io import Geometry, write_image, write_mask  # noqa: E402
 from hieseg.outputs.qc import lesion_slices, write_montage, write_summary_plot  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -7,13 +7,12 @@ import csv
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from hieseg.inputs.cases import find_cases
-from hieseg.app.cli import main
-from hieseg.inputs.io import Geometry
-from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 from realdata import real_cases_dir
 
+from hieseg.app.cli import main
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR
+from hieseg.inputs.cases import find_cases
+from hieseg.inputs.io import Geometry
 
 # The shipped ensemble on all 40 real cases (about 4 minutes on 2 cores): .ci/run runs it with -m slow.
 pytestmark = pytest.mark.slow

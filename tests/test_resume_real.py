@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from hieseg.inputs.cases import find_cases
-from hieseg.app.cli import main
-from hieseg.inputs.io import Geometry
-from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 from realdata import real_cases_dir
+
+from hieseg.app.cli import main
+from hieseg.engine.manifest import BUNDLED_MODEL_DIR
+from hieseg.inputs.cases import find_cases
+from hieseg.inputs.io import Geometry
 
 REPO = Path(__file__).resolve().parents[1]
 N_CASES = 16

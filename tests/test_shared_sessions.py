@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import onnxruntime as ort
 import pytest
+from toy_models import channel_sigmoid_model
 
 from hieseg.engine.ensemble import OPENVINO_MAX_2D_BATCH, LoadedMember, member_rows
+from hieseg.engine.fused import fused_graph, group_member, group_members
 from hieseg.engine.manifest import load_manifest
 from hieseg.engine.providers import CPU, OPENVINO
-from hieseg.engine.fused import fused_graph, group_member, group_members
-from toy_models import channel_sigmoid_model
 
 
 def test_folds_group_by_network_in_manifest_order(toy_model):

@@ -127,6 +127,7 @@ def test_one_ensemble_loop_for_onnx_and_torch_predictors(real_case):
 
     from hieseg.engine import preprocess
     from hieseg.engine.ensemble import Runner, plain_runner, run_ensemble
+    from hieseg.engine.providers import provider_plan
     from hieseg.engine.sessions import create_session
     from training.export import PARITY_TOL, net_from_onnx
     from training.train import torch_predictor
@@ -139,7 +140,7 @@ def test_one_ensemble_loop_for_onnx_and_torch_predictors(real_case):
         pytest.skip("the shipped members are not networks of the training package")
     onnx_runners, torch_runners = [], []
     for m in members:
-        session, provider = create_session(m.path, m.sha256, "cpu", None, 2)
+        session, provider = create_session(m.path, m.sha256, provider_plan("cpu", threads=2))
         onnx_runners.append(Runner(m, plain_runner(session, m.name), m.batch_size, provider))
         net = net_from_onnx(m.path, m.kind, len(m.channels), trained[m.name.rsplit("_f", 1)[0]]["arch"])
         torch_runners.append(Runner(m, torch_predictor(net), m.batch_size, "torch"))

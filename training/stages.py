@@ -83,14 +83,16 @@ def oof(study: Study) -> None:
     torch checkpoints are gone."""
     from hieseg.engine.ensemble import plain_runner
     from hieseg.engine.manifest import load_manifest
+    from hieseg.engine.providers import provider_plan
     from hieseg.engine.sessions import create_session
 
     manifest = load_manifest(study.config.model_dir)
+    plan = provider_plan("cpu", threads=study.config.threads)  # the OOF maps: ONNX Runtime's CPU provider, f32
     for m in manifest.members:
         name, k = m.name.rsplit("_f", 1)
         if name not in study.members:
             continue
-        session, _ = create_session(m.path, m.sha256, "cpu", None, study.config.threads)
+        session, _ = create_session(m.path, m.sha256, plan)
         t0 = time.time()
         for cid in study.folds[int(k)]:
             # the manifest's crop margin: the one these networks were trained and shipped with

@@ -47,7 +47,7 @@ def _load(image: ImageLike, label: Path) -> tuple[np.ndarray, Geometry]:
 
 
 class Segmenter(pipeline.Segmenter):
-    """The ensemble with its ONNX Runtime sessions created once, for segmenting many cases in one process.
+    """The ensemble with its sessions created once, for segmenting many cases in one process.
 
     >>> seg = hieseg.Segmenter(device="auto")                    # the shipped model (see hieseg.segment)
     >>> for adc, zadc in pairs:
@@ -55,17 +55,21 @@ class Segmenter(pipeline.Segmenter):
     """
 
     def __init__(self, model: str | Path | None = None, device: str = "auto", *,
-                 gpu_mem_limit: int | None = None, threads: int | None = None) -> None:
+                 gpu_mem_limit: int | None = None, threads: int | None = None, precision: str = "auto",
+                 fast: bool = False) -> None:
         """Load the model and build its sessions.
 
         Args:
             model: model folder with ``manifest.json``; None: ``$HIESEG_MODEL_DIR``, else Grand Challenge's
                 ``/opt/ml/model`` when it holds a manifest, else the model shipped with the package.
-            device: ``auto`` (CUDA when it really works, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+            device: ``auto`` (CUDA when it really works, else native OpenVINO when installed, else ONNX Runtime's
+                CPU provider), ``cpu`` (ONNX Runtime's CPU provider), ``openvino``, ``cuda`` or ``cuda:N``.
             gpu_mem_limit: cap in bytes on ONNX Runtime's CUDA memory arena.
             threads: CPU threads per session (default: the CPUs this process may use).
+            precision: ``auto`` (bf16 on OpenVINO where the CPU has native bf16, else f32), ``bf16`` or ``f32``.
+            fast: no flip test-time augmentation (faster, slightly less accurate: docs/benchmark.md).
         """
-        super().__init__(model, device, gpu_mem_limit, threads)
+        super().__init__(model, device, gpu_mem_limit, threads, precision, fast)
 
     def __call__(self, adc: ImageLike, zadc: ImageLike, *, case_id: str | None = None
                  ) -> tuple[sitk.Image, dict[str, Any]]:
@@ -92,7 +96,7 @@ class Segmenter(pipeline.Segmenter):
 
 
 def segment(adc: ImageLike, zadc: ImageLike, *, model: str | Path | None = None,
-            device: str = "auto") -> tuple[sitk.Image, dict[str, Any]]:
+            device: str = "auto", precision: str = "auto") -> tuple[sitk.Image, dict[str, Any]]:
     """Segment HIE lesions in one case.
 
     Args:
@@ -100,7 +104,9 @@ def segment(adc: ImageLike, zadc: ImageLike, *, model: str | Path | None = None,
         zadc: its Z-ADC map, on the same grid (path or image).
         model: model folder with ``manifest.json``; None: ``$HIESEG_MODEL_DIR``, else ``/opt/ml/model`` when it
             holds a manifest, else the model shipped with the package.
-        device: ``auto`` (CUDA when it really works, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto`` (CUDA when it really works, else native OpenVINO when installed, else ONNX Runtime's CPU
+            provider), ``cpu``, ``openvino``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (bf16 on OpenVINO where the CPU has native bf16, else f32), ``bf16`` or ``f32``.
 
     Returns:
         ``(mask, report)``: the lesion mask as a ``SimpleITK.Image`` (uint8 0/1) with the ADC's size, spacing,
@@ -108,7 +114,7 @@ def segment(adc: ImageLike, zadc: ImageLike, *, model: str | Path | None = None,
 
     Loads the model for this one call; for many cases create one :class:`Segmenter` and call it per case.
     """
-    return Segmenter(model, device)(adc, zadc)
+    return Segmenter(model, device, precision=precision)(adc, zadc)
 
 
 __all__ = ["ImageLike", "Segmenter", "segment"]

@@ -47,9 +47,15 @@ def parse_bytes(text: str) -> int:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device_arg, default="auto", metavar=DEVICE_HELP.replace(" ", ""),
-                        help="auto (default): CUDA when it works, else OpenVINO when installed, else ONNX Runtime's "
-                             "CPU provider; cuda (cuda:N: GPU N) / openvino: fail if that provider cannot run; "
-                             "cpu: ONNX Runtime's CPU provider")
+                        help="auto (default): CUDA when it works, else native OpenVINO when installed, else ONNX "
+                             "Runtime's CPU provider; cuda (cuda:N: GPU N) / openvino: fail if that engine cannot "
+                             "run; cpu: ONNX Runtime's CPU provider (f32, the reference)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "f32"), default="auto",
+                        help="OpenVINO's inference precision: auto (default): bf16 where the CPU has native bf16 "
+                             "(AMX / AVX512_BF16), else f32; bf16; f32 (the ONNX Runtime providers run f32)")
+    parser.add_argument("--fast", action="store_true",
+                        help="no flip test-time augmentation: about a third less time for a small accuracy cost "
+                             "(docs/benchmark.md)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder with manifest.json (default: $HIESEG_MODEL_DIR, else /opt/ml/model "
                              "if it has one, else the model shipped with hieseg)")
@@ -103,7 +109,7 @@ def run_predict(args: argparse.Namespace) -> int:
         log.warning("shard %s holds no cases", shard_spec)
         return 0
     t_start = time.perf_counter()
-    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
+    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads, args.precision, args.fast)
     reports = _finished_cases(cases, outputs, segmenter.manifest.sha256) if args.resume else {}
     skipped = len(reports)
     failures: dict[str, str] = {}
@@ -253,7 +259,7 @@ def run_grand_challenge(args: argparse.Namespace) -> int:
     case = grand_challenge_case(args.input)
     outputs = case_outputs(case, args.output)
     _preflight(args.output, [outputs])
-    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads)
+    segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads, args.precision, args.fast)
     report = segmenter.write_outputs(segmenter.segment_case(case), outputs)
     log.info("lesion %.3f mL (%s of brain, %s), %d component(s); %.2f s", report["lesion_volume_ml"],
              f"{report['lesion_percent_of_brain']:.2f}%", report["burden_class"], report["lesion_components"],

@@ -4,6 +4,7 @@ the report is assembled in one place (``Segmenter.case_report``) and written onc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from hieseg.engine.ensemble import (
 )
 from hieseg.engine.manifest import Manifest, load_manifest
 from hieseg.engine.postprocess import postprocess
+from hieseg.engine.providers import ProviderPlan, default_threads, provider_plan
 from hieseg.files import OutputSet
 from hieseg.inputs import domain
 from hieseg.inputs.cases import Case
@@ -59,15 +61,29 @@ class CaseResult:
     statistics: dict[str, Any]  # report.lesion_statistics of the mask
 
 
+def without_flips(manifest: Manifest) -> Manifest:
+    """The fast mode's model: every member on the identity only (no flip TTA). docs/benchmark.md measures what it
+    saves and what it costs; the manifest's own choice of flips is the default."""
+    members = tuple(dataclasses.replace(m, tta_flips=((),)) for m in manifest.members)
+    return dataclasses.replace(manifest, members=members)
+
+
 class Segmenter:
     """The ensemble described by a model folder's manifest, with its sessions built once per process."""
 
     def __init__(self, model_dir: str | Path | None = None, device: str = "auto",
-                 gpu_mem_limit_bytes: int | None = None, threads: int | None = None) -> None:
+                 gpu_mem_limit_bytes: int | None = None, threads: int | None = None, precision: str = "auto",
+                 fast: bool = False) -> None:
         t0 = time.perf_counter()
         # Checksums are verified on the very bytes each session is built from (see sessions.read_verified).
         self.manifest: Manifest = load_manifest(model_dir, verify=False)
-        self.members: list[LoadedMember] = load_members(self.manifest, device, gpu_mem_limit_bytes, threads)
+        self.fast = fast
+        if fast:
+            self.manifest = without_flips(self.manifest)
+        # The one provider decision of this Segmenter: every session is built on it, the report names it.
+        self.plan: ProviderPlan = provider_plan(device, gpu_mem_limit_bytes,
+                                                threads or default_threads(len(self.manifest.members)), precision)
+        self.members: list[LoadedMember] = load_members(self.manifest, device, plan=self.plan)
         self.device = device
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s %s: %d members loaded in %.2f s", self.manifest.name, self.manifest.version,
@@ -132,6 +148,8 @@ class Segmenter:
             "case_id": result.case.case_id,
             "inputs": {"adc": str(result.case.adc), "zadc": str(result.case.zadc)},
             **result.statistics,
+            "engine": {"provider": self.plan.provider, "precision": self.plan.precision, "why": self.plan.why,
+                       "threads": self.plan.threads, "fast": self.fast},
             "members": member_rows(self.members),
             "model": self.manifest.summary(),
             "threshold": self.manifest.mask_rule.threshold,

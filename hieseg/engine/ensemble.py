@@ -14,14 +14,8 @@ from hieseg.engine import preprocess
 from hieseg.engine.fused import fused_graph, group_member, group_members, onnx_available
 from hieseg.engine.inferers import predict_volume, with_flips
 from hieseg.engine.manifest import Manifest, Member
-from hieseg.engine.providers import (
-    CPU,
-    CUDA,
-    OPENVINO,
-    default_threads,
-    parse_device,
-    provider_plan,
-)
+from hieseg.engine.openvino_engine import return_freed_memory_to_os
+from hieseg.engine.providers import CUDA, OPENVINO, ProviderPlan, default_threads, provider_plan
 from hieseg.engine.sessions import create_session, is_out_of_memory, session_from_bytes
 from hieseg.files import read_verified
 from hieseg.inputs.domain import member_spacing
@@ -113,40 +107,46 @@ class LoadedMember:
         return plain_runner(self.session, self.member.name)
 
     def runner(self) -> "Runner":
-        return Runner(self.member, self.predict_fn(), self.batch_size, self.provider)
+        # Native OpenVINO sessions keep their buffers at the largest input seen; released after each case's last
+        # pass, the ensemble's peak is its largest session's instead of the sum of all of them.
+        return Runner(self.member, self.predict_fn(), self.batch_size, self.provider,
+                      getattr(self.session, "release_memory", None))
 
 
 def load_members(manifest: Manifest, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
-                 threads: int | None = None, share: bool | None = None) -> list[LoadedMember]:
-    """Create the sessions once (per process), each from checksum-verified bytes: one per member, or one per
-    network under OpenVINO (see shared_sessions; ``share`` overrides that choice, e.g. for parity tests)."""
+                 threads: int | None = None, share: bool | None = None, precision: str = "auto",
+                 plan: ProviderPlan | None = None) -> list[LoadedMember]:
+    """Create the sessions once (per process), each from checksum-verified bytes, all on one provider plan
+    (``plan``, or the one ``provider_plan`` makes of the other arguments): one session per member, or one per
+    network under OpenVINO (see fused; ``share`` overrides that choice, e.g. for parity tests)."""
+    if plan is None:
+        plan = provider_plan(device, gpu_mem_limit_bytes, threads or default_threads(len(manifest.members)),
+                             precision)
+    if plan.provider == OPENVINO:
+        return_freed_memory_to_os()  # released session buffers go back to the OS (see LoadedMember.runner)
     loaded = []
-    threads = threads or default_threads(len(manifest.members))
-    plan, why = provider_plan(device, gpu_mem_limit_bytes, threads)
-    device_id = parse_device(device)[1]
     for group in member_groups(manifest.members, plan, share):
         if len(group) == 1:
-            session, provider = create_session(group[0].path, group[0].sha256, device, gpu_mem_limit_bytes, threads)
-            loaded.append(LoadedMember(group[0], session, provider, device_id))
+            session, provider = create_session(group[0].path, group[0].sha256, plan)
+            loaded.append(LoadedMember(group[0], session, provider, plan.device_id))
             continue
         member = group_member(group)
         data = fused_graph([read_verified(m.path, m.sha256) for m in group], [m.weight for m in group])
-        session, provider = session_from_bytes(data, member.name, device, gpu_mem_limit_bytes, threads)
-        loaded.append(LoadedMember(member, session, provider, device_id, parts=tuple(group)))
+        session, provider = session_from_bytes(data, member.name, plan)
+        loaded.append(LoadedMember(member, session, provider, plan.device_id, parts=tuple(group)))
     line = provider_summary(member_providers(loaded))
-    if device == "auto" and {m.provider for m in loaded} == {CPU}:
-        log.warning("running on CPU: %s (%s)", line, why)
+    if device == "auto" and CUDA not in {m.provider for m in loaded}:  # a GPU host would want to know
+        log.warning("running on CPU: %s, %s (%s)", line, plan.precision, plan.why)
     else:
-        log.info("execution provider: %s (%s)", line, why)
+        log.info("execution provider: %s, %s (%s)", line, plan.precision, plan.why)
     return loaded
 
 
-def member_groups(members: Sequence[Member], plan: Sequence[Any], share: bool | None = None
+def member_groups(members: Sequence[Member], plan: ProviderPlan, share: bool | None = None
                   ) -> list[list[Member]]:
     """One group per session: the folds of a network together under OpenVINO (when onnx can build the fused
     graph), else every member alone (the CPU provider's sessions already share one memory arena)."""
-    first = plan[0][0] if isinstance(plan[0], tuple) else plan[0]
-    if not (first == OPENVINO if share is None else share):
+    if not (plan.provider == OPENVINO if share is None else share):
         return [[m] for m in members]
     if not onnx_available():
         log.info("the onnx package is missing: one OpenVINO session per member (more memory; pip install onnx)")
@@ -188,6 +188,7 @@ class Runner:
     predict: Predictor
     batch_size: int
     provider: str = ""
+    release: Callable[[], None] | None = None  # frees the predictor's buffers after the member's last pass
 
 
 @dataclass
@@ -259,6 +260,8 @@ def run_ensemble(
             prob = member_probability(runner, prepared.image)
             t2 = time.perf_counter()
             restored = preprocess.resample_linear(prob, prepared.crop_shape)
+        if runner.release is not None:
+            runner.release()
         # Added inside the crop only (restore() is zero outside it): no full-size temporaries on large grids.
         fused[prepared.crop] += (m.weight / total_weight) * restored
         t3 = time.perf_counter()

@@ -1,4 +1,17 @@
-"""The ``--device`` values: ``auto``, ``cpu``, ``openvino``, ``cuda`` (GPU 0) and ``cuda:N`` (GPU N)."""
+"""The execution provider decision, made once per process (``provider_plan``) and used by every session.
+
+``--device`` values: ``auto``, ``cpu``, ``openvino``, ``cuda`` (GPU 0) and ``cuda:N`` (GPU N); ``--precision``:
+``auto``, ``bf16``, ``f32``.
+
+- ``auto``: CUDA (onnxruntime-gpu with a working driver), else native OpenVINO on the CPU (the ``openvino``
+  package; bf16 where the CPU has native bf16 units, f32 elsewhere), else ONNX Runtime's own CPU provider.
+- ``cpu``: ONNX Runtime's CPU provider, always f32 (the reference the others are gated against).
+- ``openvino``: native OpenVINO, or a DeviceError when the package is missing.
+- ``cuda`` / ``cuda:N``: ONNX Runtime's CUDA provider on GPU N, or a DeviceError naming what is missing.
+
+ONNX Runtime's OpenVINO execution provider is not used: it was slower than native OpenVINO here and could not
+take a bf16 hint without falling back (issue 23).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +19,22 @@ import logging
 import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hieseg.engine.openvino_engine import OPENVINO_NATIVE, cpu_has_native_bf16, openvino_available, resolve_precision
 from hieseg.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
 DEVICE_KINDS = ("auto", "cpu", "cuda", "openvino")
 DEVICE_HELP = "auto | cpu | openvino | cuda | cuda:N"
+PRECISION_HELP = "auto | bf16 | f32"
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+OPENVINO = OPENVINO_NATIVE
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -36,9 +56,104 @@ def device_arg(text: str) -> str:
     return f"cuda:{device_id}" if kind == "cuda" and ":" in text else kind
 
 
-CUDA = "CUDAExecutionProvider"
-OPENVINO = "OpenVINOExecutionProvider"
-CPU = "CPUExecutionProvider"
+@dataclass(frozen=True)
+class ProviderPlan:
+    """Where and how every session of this process runs: the provider, why it was chosen (for the one log line),
+    the GPU, the threads per session and the inference precision ('f32' or 'bf16')."""
+
+    provider: str
+    why: str
+    device_id: int = 0
+    threads: int | None = None
+    precision: str = "f32"
+    gpu_mem_limit_bytes: int | None = None
+    required: bool = False  # asked for by name (--device cuda / openvino): a silent fallback is an error
+
+    @property
+    def engine(self) -> str:
+        """The report's words: 'OpenVINO (native) bf16', 'CPUExecutionProvider f32', ..."""
+        return f"{self.provider} {self.precision}"
+
+    def ort_providers(self) -> list[Any]:
+        """The provider list to hand ONNX Runtime (for the ORT providers only)."""
+        if self.provider == CUDA:
+            return [(CUDA, cuda_provider_options(self.gpu_mem_limit_bytes, self.device_id)), CPU]
+        return [CPU]
+
+    def on_cpu(self) -> "ProviderPlan":
+        """The plan for a graph the chosen engine cannot take: ONNX Runtime's CPU provider, f32."""
+        return ProviderPlan(CPU, f"fallback from {self.provider}", threads=self.threads)
+
+
+def choose_provider(device: str, available: Sequence[str], driver_present: bool, openvino_present: bool
+                    ) -> tuple[str, str]:
+    """The provider for ``device`` and why, in words (see the module docstring for the order).
+
+    ``available`` is what the installed onnxruntime build offers, ``driver_present`` whether libcuda loads,
+    ``openvino_present`` whether the openvino package imports.
+    """
+    device = parse_device(device)[0]  # DeviceError for anything but auto | cpu | openvino | cuda | cuda:N
+    if device == "cpu":
+        return CPU, "--device cpu"
+    if device == "cuda":
+        if CUDA not in available:
+            raise DeviceError(f"--device cuda: this onnxruntime build has no CUDA provider ({_installed(available)});"
+                              " install onnxruntime-gpu or use --device cpu")
+        # Without a driver, onnxruntime-gpu would print a screen of library-loading errors per session.
+        if not driver_present:
+            raise DeviceError("--device cuda: no NVIDIA driver found (libcuda.so.1 is not loadable); "
+                              "in a container, run with --gpus all, or use --device cpu")
+        return CUDA, "--device cuda"
+    if device == "openvino":
+        if not openvino_present:
+            raise DeviceError("--device openvino: the openvino package is not installed "
+                              "(pip install openvino, or hieseg[cpu]); or use --device cpu")
+        return OPENVINO, "--device openvino"
+    if CUDA in available and driver_present:
+        return CUDA, "auto: CUDA provider and NVIDIA driver present"
+    no_cuda = "no NVIDIA driver" if CUDA in available else "no CUDA provider"
+    if openvino_present:
+        return OPENVINO, f"auto: {no_cuda}; native OpenVINO on the CPU"
+    return CPU, f"auto: {no_cuda}, no openvino package ({_installed(available)})"
+
+
+def choose_precision(provider: str, precision: str, has_bf16: bool) -> str:
+    """'bf16' or 'f32' for ``provider``: bf16 only on OpenVINO (``resolve_precision``: auto = bf16 where the CPU
+    has native bf16); the ONNX Runtime providers run f32, and asking them for bf16 is a DeviceError."""
+    if provider == OPENVINO:
+        try:
+            return resolve_precision(precision, has_bf16)
+        except ValueError as exc:
+            raise DeviceError(f"--{exc}") from None
+    choice = str(precision).strip().lower()
+    if choice not in ("auto", "f32", "bf16"):
+        raise DeviceError(f"--precision must be one of {PRECISION_HELP}, not {precision!r}")
+    if choice == "bf16":
+        raise DeviceError(f"--precision bf16 needs native OpenVINO (--device openvino or auto); {provider} runs f32")
+    return "f32"
+
+
+def provider_plan(device: str = "auto", gpu_mem_limit_bytes: int | None = None, threads: int | None = None,
+                  precision: str = "auto") -> ProviderPlan:
+    """The one provider decision of a process; raises DeviceError when ``device`` or ``precision`` cannot run."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    kind, device_id = parse_device(device)
+    provider, why = choose_provider(device, available, CUDA in available and nvidia_driver_present(),
+                                    kind in ("auto", "openvino") and openvino_available())
+    has_bf16 = provider == OPENVINO and cpu_has_native_bf16()
+    chosen = choose_precision(provider, precision, has_bf16)
+    if provider == OPENVINO and str(precision).lower() == "auto":
+        why += f", {chosen} ({'native bf16 on this CPU' if has_bf16 else 'no native bf16 on this CPU'})"
+    return ProviderPlan(provider, why, device_id if provider == CUDA else 0, threads, chosen,
+                        gpu_mem_limit_bytes if provider == CUDA else None, required=kind != "auto")
+
+
+def _installed(available: Sequence[str]) -> str:
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__}: {', '.join(available)}"
 
 
 def available_cpus() -> int:
@@ -107,71 +222,3 @@ def cuda_provider_options(gpu_mem_limit_bytes: int | None = None, device_id: int
     if gpu_mem_limit_bytes:
         options["gpu_mem_limit"] = int(gpu_mem_limit_bytes)
     return options
-
-
-def choose_provider(device: str, available: Sequence[str], driver_present: bool) -> tuple[str, str]:
-    """The execution provider for ``device`` and why, in words: CUDA -> OpenVINO -> CPU.
-
-    ``available`` is what the installed onnxruntime build offers; ``driver_present`` whether libcuda loads.
-    ``auto`` takes the first that can run; ``cpu`` forces ONNX Runtime's own CPU provider; ``cuda`` (or ``cuda:N``)
-    and ``openvino`` raise DeviceError when their provider cannot run at all.
-    """
-    device = parse_device(device)[0]  # DeviceError for anything but auto | cpu | openvino | cuda | cuda:N
-    if device == "cpu":
-        return CPU, "--device cpu"
-    installed = _installed(available)
-    if device == "cuda":
-        if CUDA not in available:
-            raise DeviceError(f"--device cuda: this onnxruntime build has no CUDA provider ({installed}); "
-                              "install onnxruntime-gpu or use --device cpu")
-        # Without a driver, onnxruntime-gpu would print a screen of library-loading errors per session.
-        if not driver_present:
-            raise DeviceError("--device cuda: no NVIDIA driver found (libcuda.so.1 is not loadable); "
-                              "in a container, run with --gpus all, or use --device cpu")
-        return CUDA, "--device cuda"
-    if device == "openvino":
-        if OPENVINO not in available:
-            raise DeviceError(f"--device openvino: this onnxruntime build has no OpenVINO provider ({installed}); "
-                              "install hieseg[openvino] (requirements-openvino.txt) or use --device cpu")
-        return OPENVINO, "--device openvino"
-    if CUDA in available and driver_present:
-        return CUDA, "auto: CUDA provider and NVIDIA driver present"
-    no_cuda = "no NVIDIA driver" if CUDA in available else "no CUDA provider"
-    if OPENVINO in available:
-        return OPENVINO, f"auto: {no_cuda}; onnxruntime-openvino offers OpenVINO"
-    return CPU, f"auto: {no_cuda}, no OpenVINO provider ({installed})"
-
-
-def _installed(available: Sequence[str]) -> str:
-    import onnxruntime as ort
-
-    return f"installed: {ort.__version__}, providers: {', '.join(available)}"
-
-
-def openvino_provider_options(threads: int | None = None) -> dict[str, str]:
-    """OpenVINO on the CPU in float32 (never a bf16/fp16 inference precision: the parity bar is 1e-4), with
-    the session's thread count. No ``cache_dir``: for these in-memory, dynamic-shape graphs it wrote blobs but did
-    not shorten session creation when tried."""
-    return {"device_type": "CPU", "precision": "FP32", "num_of_threads": str(threads or available_cpus())}
-
-
-def requested_providers(device: str, gpu_mem_limit_bytes: int | None = None, threads: int | None = None
-                        ) -> list[Any]:
-    """The provider list to ask ONNX Runtime for (with options); raises DeviceError when ``device`` cannot run."""
-    return provider_plan(device, gpu_mem_limit_bytes, threads)[0]
-
-
-def provider_plan(device: str, gpu_mem_limit_bytes: int | None = None, threads: int | None = None
-                  ) -> tuple[list[Any], str]:
-    """``requested_providers`` and the reason for its first entry (for the one log line)."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    provider, why = choose_provider(device, available, CUDA in available and nvidia_driver_present())
-    if provider == CUDA:
-        device_id = parse_device(device)[1]  # 'cuda:N' picks GPU N
-        return [(CUDA, cuda_provider_options(gpu_mem_limit_bytes, device_id)), CPU], why
-    if provider == OPENVINO:
-        # Alone: create_session forbids partial placement, so a graph runs wholly on OpenVINO or wholly on CPU.
-        return [(OPENVINO, openvino_provider_options(threads))], why
-    return [CPU], why

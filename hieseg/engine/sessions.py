@@ -1,29 +1,21 @@
-"""ONNX Runtime sessions: provider choice, thread count and the checks that say which provider really runs.
-
-Provider order for ``--device auto``: CUDA (onnxruntime-gpu with a driver), then OpenVINO (onnxruntime-openvino,
-CPUs), then ONNX Runtime's own CPU provider; ``choose_provider`` is the one place that decides.
+"""Sessions built from verified model bytes on the plan's provider (``providers.provider_plan`` decides, once),
+and the checks that say which provider really runs them: ONNX Runtime for CUDA and its CPU provider, native
+OpenVINO (``openvino_engine``) for the CPU's fast path.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from hieseg.engine.providers import (
-    CPU,
-    CUDA,
-    DEVICE_KINDS,
-    OPENVINO,
-    available_cpus,
-    parse_device,
-    requested_providers,
-)
+from hieseg.engine.openvino_engine import create_openvino_session
+from hieseg.engine.providers import CPU, CUDA, OPENVINO, ProviderPlan, available_cpus
 from hieseg.errors import DeviceError, ModelError
 from hieseg.files import read_verified
 
 log = logging.getLogger(__name__)
 
-DEVICES = DEVICE_KINDS  # plus 'cuda:N' (see devices.parse_device)
 _shared_arena: bool | None = None
 
 
@@ -48,9 +40,8 @@ def shared_cpu_arena() -> bool:
     return _shared_arena
 
 
-def session_options(threads: int | None = None, whole_graph: bool = False):
-    """ORT session options; ``whole_graph`` forbids placing nodes on the CPU provider behind the first one's back
-    (used for OpenVINO, whose unsupported nodes would otherwise run on CPU unnoticed), so creation fails instead."""
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: one shared CPU arena, full graph optimisation, sequential execution."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -61,48 +52,46 @@ def session_options(threads: int | None = None, whole_graph: bool = False):
     opts.intra_op_num_threads = threads or available_cpus()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3  # ORT's own warnings (e.g. unused initialisers) are noise for users
-    if whole_graph:
-        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-        opts.log_severity_level = 4  # its refusal is reported by create_session in one line, not ORT's screen
     return opts
 
 
-def create_session(path: Path, sha256: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
-                   threads: int | None = None):
-    """An InferenceSession for one verified model file, and the provider that actually runs it."""
-    return session_from_bytes(read_verified(path, sha256), path.name, device, gpu_mem_limit_bytes, threads)
+def create_session(path: Path, sha256: str, plan: ProviderPlan) -> tuple[Any, str]:
+    """A session for one verified model file on ``plan``, and the provider that actually runs it."""
+    return session_from_bytes(read_verified(path, sha256), path.name, plan)
 
 
-def session_from_bytes(data: bytes, name: str, device: str = "auto", gpu_mem_limit_bytes: int | None = None,
-                       threads: int | None = None):
-    """An InferenceSession for verified model bytes (``name`` labels messages), and the provider that runs it.
+def session_from_bytes(data: bytes, name: str, plan: ProviderPlan) -> tuple[Any, str]:
+    """A session for verified model bytes (``name`` labels messages) on ``plan``, and the provider that runs it.
 
-from hieseg.engine.providers import CPU, CUDA, OPENVINO, available_cpus, requested_providers
-from hieseg.files import read_verified
-    ``get_available_providers`` only says a provider was compiled in; whether CUDA really initialised
-    (driver, libcudart, cuDNN present) shows only in the created session's ``get_providers``. An OpenVINO
-    session must take the whole graph (CPU-EP fallback disabled); when it cannot, the graph runs on ONNX
-    Runtime's CPU provider and a warning names it and the reason.
+    ``get_available_providers`` only says a provider was compiled in; whether CUDA really initialised (driver,
+    libcudart, cuDNN present) shows only in the created session's ``get_providers``. Under ``auto`` a graph the
+    chosen engine cannot take runs on ONNX Runtime's CPU provider, with a warning naming it and the reason; a
+    device asked for by name (``plan.required``) raises DeviceError instead.
     """
+    if plan.provider == OPENVINO:
+        try:
+            return create_openvino_session(data, name, plan.precision, plan.threads), OPENVINO
+        except ModelError as exc:
+            if plan.required:
+                raise DeviceError(f"--device openvino: {exc}") from None
+            log.warning("%s: OpenVINO cannot run this graph (%s); it runs on %s", name, exc, CPU)
+            return session_from_bytes(data, name, plan.on_cpu())
     import onnxruntime as ort
 
-    providers = requested_providers(device, gpu_mem_limit_bytes, threads)
-    first = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
-    device = parse_device(device)[0]  # 'cuda:N' is 'cuda' for the checks below
     try:
-        session = ort.InferenceSession(data, sess_options=session_options(threads, whole_graph=first == OPENVINO),
-                                       providers=providers)
+        session = ort.InferenceSession(data, sess_options=session_options(plan.threads),
+                                       providers=plan.ort_providers())
     except Exception as exc:  # ORT raises several private exception types
         if is_out_of_memory(exc):
             raise MemoryError(f"out of memory creating the ONNX Runtime session for {name}") from None
-        if device == "cuda":
+        if plan.provider == CUDA and plan.required:
             raise DeviceError(f"--device cuda: CUDA session for {name} failed ({_first_line(exc)})") from None
-        if first == CPU:
-            raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
-        session = session_from_bytes(data, name, "cpu", threads=threads)[0]
-        log.warning("%s: %s cannot run this graph (%s); it runs on %s", name, first, _first_line(exc), CPU)
+        if plan.provider == CUDA:  # auto: CUDA was offered but cannot build this session; the CPU can
+            log.warning("%s: CUDA session failed (%s); it runs on %s", name, _first_line(exc), CPU)
+            return session_from_bytes(data, name, plan.on_cpu())
+        raise ModelError(f"{name}: not a loadable ONNX model ({_first_line(exc)})") from None
     used = session.get_providers()[0]
-    if device == "cuda" and used != CUDA:
+    if plan.provider == CUDA and plan.required and used != CUDA:
         raise DeviceError(f"--device cuda: CUDA is not usable here (onnxruntime fell back to {used}); "
                           "check the NVIDIA driver, CUDA 12 and cuDNN 9 libraries, and `--gpus all`")
     return session, used
