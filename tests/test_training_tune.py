@@ -132,9 +132,9 @@ def test_member_sets_take_one_source_per_member_and_weights_are_vectors():
 
 
 def test_error_anatomy_counts_from_their_definitions():
-    """probe_errors.anatomy on a hand-built case: two lesions, a prediction that finds one with a one-voxel rim
+    """probes.errors.anatomy on a hand-built case: two lesions, a prediction that finds one with a one-voxel rim
     of over-segmentation and adds a component far from both (and a diagonal neighbour: 26-connected, one component)."""
-    from training.probe_errors import anatomy
+    from training.probes.errors import anatomy
 
     truth = np.zeros((6, 12, 12), bool)
     truth[1:3, 2:4, 2:4] = True  # lesion A: 8 voxels
@@ -150,7 +150,7 @@ def test_error_anatomy_counts_from_their_definitions():
 
 
 def test_the_oracle_drops_only_components_touching_no_lesion():
-    from training.probe_errors import without_far
+    from training.probes.errors import without_far
 
     truth = np.zeros((4, 8, 8), bool)
     truth[1, 1:3, 1:3] = True
@@ -163,7 +163,7 @@ def test_the_oracle_drops_only_components_touching_no_lesion():
 
 
 def test_shared_errors_count_what_the_other_mask_makes_alike():
-    from training.probe_errors import shared
+    from training.probes.errors import shared
 
     truth = np.zeros((4, 8, 8), bool)
     truth[1, 1:3, 1:3] = True  # 4 lesion voxels
@@ -182,7 +182,7 @@ def test_shared_errors_count_what_the_other_mask_makes_alike():
 def test_seed_summary_groups_replicates_and_pairs_cases():
     """Replicates `xs1`, `xs2` of variant `x` group with `x`; the paired difference is each case's seed-mean Dice
     minus the reference variant's, over the same cases."""
-    from training.report import seed_summary, variant_of
+    from training.probes.render import seed_summary, variant_of
 
     assert [variant_of(s) for s in ("tvp3d", "tvp3ds1", "hn3ds12", "cv")] == ["tvp3d", "tvp3d", "hn3d", "cv"]
 

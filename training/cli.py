@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="export: ship only these finished folds' networks (inference-time budget); "
                         "fusion is still tuned on every finished fold's OOF predictions")
     p.add_argument("--members", type=lambda s: s.split(","),
-                   help="train / tune only these members (variant comparisons), e.g. unetpp2d")
+                   help=f"train / tune only these members of config.MEMBERS ({', '.join(config.MEMBERS)}): variant "
+                        "comparisons")
     p.add_argument("--iterations", type=lambda s: {k: int(v) for k, v in (kv.split("=") for kv in s.split(","))},
                    help="MEMBER=N[,...]: training iterations instead of config.MEMBERS' (use an own --workdir), "
-                        "e.g. unet3d=2000")
+                        f"e.g. {next(iter(config.MEMBERS))}=2000")
     p.add_argument("--hard-negatives", type=float, metavar="FRACTION",
                    help="centre this share of the training patches on voxels where Z-ADC < -2 fires outside the "
                         "lesions (precision-oriented sampling; use an own --workdir), e.g. 0.33")

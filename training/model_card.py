@@ -226,9 +226,9 @@ if __name__ == "__main__":  # python -m training.model_card [MODEL_DIR] [TUNING_
     model_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "model"
     tuning_file = Path(sys.argv[2]) if len(sys.argv) > 2 and sys.argv[2] != "-" else None
     out = Path(sys.argv[3]) if len(sys.argv) > 3 else Path(__file__).resolve().parents[1] / "MODEL_CARD.md"
-    import hashlib
+    from hieseg.files import file_digest
 
     manifest_file = model_dir / "manifest.json"
     print(write_model_card(json.loads(manifest_file.read_text()),
                            json.loads(tuning_file.read_text()) if tuning_file else None, out,
-                           hashlib.sha256(manifest_file.read_bytes()).hexdigest()))
+                           file_digest(manifest_file)))

@@ -33,7 +33,7 @@ NSD_FINALISTS = 5
 
 
 def kind_of(pool_name: str) -> str:
-    """The member a pool name trains ('unet3d@gpu' -> 'unet3d')."""
+    """The member a pool name trains ('<member>@gpu' -> '<member>')."""
     return pool_name.split("@", 1)[0]
 
 

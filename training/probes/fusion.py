@@ -14,7 +14,7 @@ Everything else is the tuning's (TTA flips, minimum component, empty rules, the 
 same way (chosen on the other folds). Several network sets trained alike are probed: a fusion that wins on one
 only is noise.
 
-    training/.venv/bin/python -m training.probe_fusion   # -> training/probe_fusion.json
+    training/.venv/bin/python -m training.probes.fusion   # -> training/probes/fusion.json
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config
-from . import tune as T
-from .data import REPO
-from .study import load_study, make_config
+from .. import config
+from . import dicegrid as T
+from ..data import REPO
+from ..study import load_study, make_config
 
 log = logging.getLogger("training")
-OUT = REPO / "training" / "probe_fusion.json"
+OUT = REPO / "training" / "probes" / "fusion.json"
 MODES = ("mean", "geometric", "vote")
 # the vote's per-member thresholds are 2 w t and 2 (1 - w) t: its choice sat at the tuning grid's lowest t (0.03),
 # so it gets three lower points too (the other fusions keep the tuning's grid: "mean" reproduces the headline)
@@ -86,7 +86,7 @@ def set_cases(study, maps: dict, cls: type[T.CaseData] = T.CaseData) -> list[T.C
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.probe_fusion", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.probes.fusion", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", nargs="+", default=list(DEFAULT_SETS),
                    help="network sets SRC3D+SRC2D (workdirs under training/runs of the 3D and the 2D member; "

@@ -17,7 +17,7 @@ fusion on the other folds; each held-out mask is then taken apart against the tr
 
 Components are 26-connected (hieseg.lesions.label_components, the runtime's connectivity).
 
-    training/.venv/bin/python -m training.probe_errors   # -> training/probe_errors.json
+    training/.venv/bin/python -m training.probes.errors   # -> training/probes/errors.json
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ import numpy as np
 
 from hieseg.evaluation.metrics import case_metrics
 
-from . import config
-from . import tune as T
-from .data import REPO
-from .probe_fusion import set_cases, set_maps
-from .study import load_study, make_config
+from .. import config
+from . import dicegrid as T
+from ..data import REPO
+from .fusion import set_cases, set_maps
+from ..study import load_study, make_config
 
 log = logging.getLogger("training")
-OUT = REPO / "training" / "probe_errors.json"
+OUT = REPO / "training" / "probes" / "errors.json"
 RULE = "zadc<-2"  # --others name of the classic rule Z-ADC < -2 inside the brain (hieseg.evaluation.baseline)
 OTHERS = ("gpu+gpu", "seeds-single+seeds-single", RULE)  # no network in common with the shipped pair, and the rule
 FIELDS = ("cases", "tp", "fp", "fn", "fp_far", "fp_rim", "pred_components", "pred_components_far", "lesions",
@@ -105,7 +105,7 @@ def without_far(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.probe_errors", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.probes.errors", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", default="tvp3d+cv", help="SRC3D+SRC2D: workdirs under training/runs (default: shipped)")
     p.add_argument("--others", nargs="*", default=list(OTHERS),

@@ -16,7 +16,7 @@ folds (mean case Dice); then the held-out fold's components are kept or dropped.
 dropped gets an empty mask. It is compared with the plain nested rule on the same cases, under the challenge's
 metrics. Inputs: the OOF maps of ``--workdir`` (default: the shipped networks' run, training/runs/cv).
 
-    training/.venv/bin/python -m training.probe_candidates   # -> training/probe_candidates.json
+    training/.venv/bin/python -m training.probes.candidates   # -> training/probes/candidates.json
 
 By default it probes three network sets trained alike (the shipped CPU run, the GPU seed-0 networks, the GPU-schedule
 run), each with and without the new information: a filter that wins on one set only is not shipped.
@@ -33,13 +33,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize
 
-from . import config
-from . import tune as T
-from .data import REPO
-from .study import load_study, make_config
+from .. import config
+from . import dicegrid as T
+from ..data import REPO
+from ..study import load_study, make_config
 
 log = logging.getLogger("training")
-OUT = REPO / "training" / "probe_candidates.json"
+OUT = REPO / "training" / "probes" / "candidates.json"
 FEATURES = ("log_volume", "peak", "mean", "p3d_mean", "p2d_mean", "p3d_peak", "p2d_peak", "disagreement",
             "both_share", "zadc_mean", "zadc_min", "below2_share", "adc_mean", "mirror_zadc_mean",
             "mirror_below2_share", "mirror_prob_mean", "mirror_predicted_share", "n_components", "peak_rank")
@@ -139,7 +139,7 @@ def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
     from hieseg.lesions import label_components
     from hieseg.engine.postprocess import postprocess
 
-    from . import stages
+    from .. import stages
 
     use = [i for i, f in enumerate(FEATURES) if f not in drop]
     study = load_study(make_config(workdir=workdir, threads=1))
@@ -187,7 +187,7 @@ def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.probe_candidates", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.probes.candidates", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     runs = REPO / "training" / "runs"
     p.add_argument("--workdir", type=Path, nargs="+", default=[runs / "cv", runs / "seeds-single", runs / "gpu"],

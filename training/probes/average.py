@@ -11,9 +11,9 @@ other folds only), so a two-network average is out of fold too. A lent GPU train
 - the choice re-tuned on the averages (in-sample, like the first) and its threshold;
 - both procedures nested (chosen on the other folds).
 
-    training/.venv/bin/python -m training.probe_average   # -> training/probe_average.json
-    training/.venv/bin/python -m training.probe_average --single training/runs/seeds-single \
-        --average training/runs/seeds --out training/probe_average_seeds.json
+    training/.venv/bin/python -m training.probes.average   # -> training/probes/average.json
+    training/.venv/bin/python -m training.probes.average --single training/runs/seeds-single \
+        --average training/runs/seeds --out training/probes/average_seeds.json
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config
-from . import tune as T
-from .data import REPO
-from .study import load_study, make_config
+from .. import config
+from . import dicegrid as T
+from ..data import REPO
+from ..study import load_study, make_config
 
 log = logging.getLogger("training")
-OUT = REPO / "training" / "probe_average.json"
+OUT = REPO / "training" / "probes" / "average.json"
 
 
 def _per_flip(study, name: str, case_id: str, workdir: Path) -> np.ndarray:
@@ -45,7 +45,7 @@ def _relative(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.probe_average", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training.probes.average", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     runs = REPO / "training" / "runs"
     p.add_argument("--single", type=Path, default=runs / "cv", help="workdir of one network per fold")
