@@ -74,17 +74,14 @@ def worker_ort(args: argparse.Namespace, naive: bool = False, share: bool | None
 
     from hieseg.app.pipeline import Segmenter
     from hieseg.engine import sessions
-    from hieseg.engine.ensemble import load_members
     from hieseg.inputs.cases import find_cases
     from hieseg.outputs.paths import case_outputs
 
     if naive:
-        sessions._shared_arena = False
+        sessions.use_shared_cpu_arena(False)
     cases = [c for c in find_cases(args.data) if c.case_id in set(args.cases)]
     t0 = time.perf_counter()
-    segmenter = Segmenter(args.model, args.worker_device, threads=args.threads)
-    if share is not None:
-        segmenter.members = load_members(segmenter.manifest, args.worker_device, threads=args.threads, share=share)
+    segmenter = Segmenter(args.model, args.worker_device, threads=args.threads, share=share)
     load_s = time.perf_counter() - t0
     out = Path(tempfile.mkdtemp(prefix="hieseg-bench-"))
     per_case, wall = [], []

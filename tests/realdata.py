@@ -10,7 +10,6 @@ Nothing derived from these files may be committed: write test outputs under ``tm
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import tarfile
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from hieseg.files import file_digest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -38,16 +39,8 @@ def _expected() -> dict[str, str]:
     return sums
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _bad_files(root: Path, sums: dict[str, str]) -> list[str]:
-    return [name for name, digest in sums.items() if not (root / name).is_file() or _sha256(root / name) != digest]
+    return [name for name, digest in sums.items() if not (root / name).is_file() or file_digest(root / name) != digest]
 
 
 def _extract() -> None:

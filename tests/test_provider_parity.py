@@ -16,13 +16,12 @@ import pytest
 from realdata import real_cases_dir
 
 from hieseg.app.pipeline import Segmenter
-from hieseg.engine.ensemble import load_members
 from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 from hieseg.engine.openvino_engine import cpu_has_native_bf16, openvino_available
 from hieseg.engine.providers import CPU, CUDA, OPENVINO, nvidia_driver_present
 from hieseg.evaluation.metrics import case_metrics
-from hieseg.inputs.io import read_image
 from hieseg.inputs.cases import find_cases
+from hieseg.inputs.io import read_image
 
 BF16_VOXEL_SHARE = 0.001  # of the reference's lesion voxels
 BF16_DICE_DELTA = 0.005
@@ -62,8 +61,7 @@ def _assert_same(results, reference_results, label):
 @pytest.mark.slow  # the shipped ensemble on real cases, twice (about 50 s)
 def test_fused_folds_match_one_session_per_member(reference):
     segmenter, cases, expected = reference
-    shared = Segmenter(BUNDLED_MODEL_DIR, "cpu")
-    shared.members = load_members(shared.manifest, "cpu", share=True)
+    shared = Segmenter(BUNDLED_MODEL_DIR, "cpu", share=True)
     assert len(shared.members) < len(segmenter.members)  # folds really share sessions
     _assert_same([shared.segment_case(case) for case in cases], expected, "fused folds on CPU")
 

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from hieseg.app.progress import progress
 from hieseg.engine.providers import DEVICE_HELP, device_arg
 from hieseg.errors import HiesegError, InputError, OutputError
 from hieseg.inputs.cases import Case, collect_input_cases, pair_case
 from hieseg.inputs.gc_interface import GC_INPUT_ROOT, GC_OUTPUT_ROOT
 from hieseg.inputs.shards import resolve_shard, shard
 from hieseg.outputs.paths import MASK_FORMATS, CaseOutputs, case_outputs, summary_path
+from hieseg.outputs.progress import progress
 from hieseg.outputs.report import write_summary_csv
 from hieseg.outputs.resume import completed_report, summary_row
 from hieseg.version import __version__

@@ -73,7 +73,7 @@ class Segmenter:
 
     def __init__(self, model_dir: str | Path | None = None, device: str = "auto",
                  gpu_mem_limit_bytes: int | None = None, threads: int | None = None, precision: str = "auto",
-                 fast: bool = False) -> None:
+                 fast: bool = False, share: bool | None = None) -> None:
         t0 = time.perf_counter()
         # Checksums are verified on the very bytes each session is built from (see sessions.read_verified).
         self.manifest: Manifest = load_manifest(model_dir, verify=False)
@@ -83,7 +83,9 @@ class Segmenter:
         # The one provider decision of this Segmenter: every session is built on it, the report names it.
         self.plan: ProviderPlan = provider_plan(device, gpu_mem_limit_bytes,
                                                 threads or default_threads(len(self.manifest.members)), precision)
-        self.members: list[LoadedMember] = load_members(self.manifest, device, plan=self.plan)
+        # share: one session per network (its folds fused) or per member; None: the engine's default (fused under
+        # OpenVINO). A seam for parity tests and the benchmark's one-session-per-member row.
+        self.members: list[LoadedMember] = load_members(self.manifest, device, share=share, plan=self.plan)
         self.device = device
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s %s: %d members loaded in %.2f s", self.manifest.name, self.manifest.version,

@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 _shared_arena: bool | None = None
 
 
+def use_shared_cpu_arena(enabled: bool) -> None:
+    """Whether sessions created from now on share one CPU arena (the default) or keep their own, as ONNX Runtime
+    does by default: the seam for the benchmark's "before the optimisations" baseline."""
+    global _shared_arena
+    if not enabled:
+        _shared_arena = False
+    elif _shared_arena is False:
+        _shared_arena = None  # registered again on the next session (a second registration is refused quietly)
+
+
 def shared_cpu_arena() -> bool:
     """Register one CPU memory arena for all sessions of this process (once).
 

@@ -47,7 +47,7 @@ def baseline_case(case: Case, output: Path) -> Path:
 
 def run_baseline(input_dir: str | Path, output_dir: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write baseline masks for all cases under ``input_dir``; returns (written paths, [(case id, error)])."""
-    from hieseg.app.progress import progress
+    from hieseg.outputs.progress import progress
 
     cases = find_cases(input_dir)
     output = Path(output_dir)

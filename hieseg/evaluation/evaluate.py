@@ -178,7 +178,7 @@ def evaluate_dirs(gt_dir: str | Path, pred_dir: str | Path, adc_dir: str | Path 
     A case that cannot be scored (unreadable file, different grid shape) is logged, listed under ``failed`` and left
     out of the means.
     """
-    from hieseg.app.progress import progress
+    from hieseg.outputs.progress import progress
 
     pairs, extra = pair_files(gt_dir, pred_dir)
     for path in extra:
