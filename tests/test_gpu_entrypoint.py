@@ -231,3 +231,14 @@ def test_dockerfile_wires_the_entrypoint():
     assert "HIESEG_IMAGE_VARIANT" in final
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     assert "!docker/entrypoint.sh" in ignore
+
+
+def test_the_report_names_the_driver_the_entrypoint_read(monkeypatch):
+    """A CUDA run's report carries the entrypoint's driver / CUDA / cuDNN reading (hieseg.engine.providers)."""
+    from hieseg.engine.providers import gpu_versions
+
+    monkeypatch.setenv("HIESEG_NVIDIA_DRIVER", "535.183.01")
+    monkeypatch.setenv("HIESEG_NVIDIA_DRIVER_CUDA", "12.2")
+    monkeypatch.setenv("HIESEG_CUDNN_VERSION", "9.8.0")
+    monkeypatch.setenv("HIESEG_CUDA_COMPAT", "/usr/local/cuda/compat")
+    assert gpu_versions() == {"driver": "535.183.01", "driver_cuda": "12.2", "cudnn": "9.8.0", "forward_compat": True}

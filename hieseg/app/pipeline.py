@@ -23,7 +23,7 @@ from hieseg.engine.ensemble import (
 )
 from hieseg.engine.manifest import Manifest, load_manifest
 from hieseg.engine.postprocess import postprocess
-from hieseg.engine.providers import ProviderPlan, default_threads, provider_plan
+from hieseg.engine.providers import CUDA, ProviderPlan, default_threads, gpu_versions, provider_plan
 from hieseg.files import OutputSet
 from hieseg.inputs import domain
 from hieseg.inputs.cases import Case
@@ -86,10 +86,21 @@ class Segmenter:
         # share: one session per network (its folds fused) or per member; None: the engine's default (fused under
         # OpenVINO). A seam for parity tests and the benchmark's one-session-per-member row.
         self.members: list[LoadedMember] = load_members(self.manifest, device, share=share, plan=self.plan)
+        self.gpu = gpu_versions() if CUDA in self.providers.values() else None  # read once, named in every report
         self.device = device
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s %s: %d members loaded in %.2f s", self.manifest.name, self.manifest.version,
                  len(self.members), self.load_seconds)
+
+    @property
+    def engine(self) -> dict[str, Any]:
+        """The report's ``engine``: provider, precision, why, threads, fast mode; the NVIDIA driver, CUDA and cuDNN
+        versions when a member runs on CUDA."""
+        engine = {"provider": self.plan.provider, "precision": self.plan.precision, "why": self.plan.why,
+                  "threads": self.plan.threads, "fast": self.fast}
+        if self.gpu is not None:
+            engine["gpu"] = self.gpu
+        return engine
 
     @property
     def providers(self) -> dict[str, str]:
@@ -150,8 +161,7 @@ class Segmenter:
             "case_id": result.case.case_id,
             "inputs": {"adc": str(result.case.adc), "zadc": str(result.case.zadc)},
             **result.statistics,
-            "engine": {"provider": self.plan.provider, "precision": self.plan.precision, "why": self.plan.why,
-                       "threads": self.plan.threads, "fast": self.fast},
+            "engine": self.engine,
             "members": member_rows(self.members),
             "model": self.manifest.summary(),
             "threshold": self.manifest.mask_rule.threshold,

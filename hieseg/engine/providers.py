@@ -85,6 +85,26 @@ class ProviderPlan:
         return ProviderPlan(CPU, f"fallback from {self.provider}", threads=self.threads)
 
 
+def gpu_versions() -> dict[str, str | bool | None]:
+    """The NVIDIA driver, the CUDA version it supports and cuDNN, for the report of a CUDA run: as the GPU image's
+    entrypoint read them (docker/entrypoint.sh exports HIESEG_NVIDIA_DRIVER, ...), else from nvidia-smi."""
+    driver = os.environ.get("HIESEG_NVIDIA_DRIVER") or None
+    if driver is None:
+        import shutil
+        import subprocess
+
+        if shutil.which("nvidia-smi"):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                     capture_output=True, text=True, timeout=20)
+                driver = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+            except (OSError, subprocess.TimeoutExpired):
+                driver = None
+    return {"driver": driver, "driver_cuda": os.environ.get("HIESEG_NVIDIA_DRIVER_CUDA") or None,
+            "cudnn": os.environ.get("HIESEG_CUDNN_VERSION") or None,
+            "forward_compat": bool(os.environ.get("HIESEG_CUDA_COMPAT"))}
+
+
 def choose_provider(device: str, available: Sequence[str], driver_present: bool, openvino_present: bool
                     ) -> tuple[str, str]:
     """The provider for ``device`` and why, in words (see the module docstring for the order).
