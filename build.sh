@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the inference image. Prepares the offline wheelhouse (scripts/make_wheelhouse.sh) when it is missing or
-# stale, then `docker build`. Tags: hieseg:<version>[-cpu] and hieseg:latest[-cpu], version from hieseg/__init__.py.
+# stale, then `docker build`. Tags: hieseg:<version>[-cpu] and hieseg:latest[-cpu], version from hieseg/version.py.
 #
 #   ./build.sh                                   # the submission image: CUDA 12.8 + cuDNN 9 base, onnxruntime-gpu
 #   BASE_IMAGE="$LOCAL_BASE_IMAGE" ./build.sh    # same dependencies on the local Debian base (no GPU here; CI)
@@ -22,8 +22,8 @@ variant="${VARIANT:-gpu}"
 case "$variant" in gpu) suffix="" ;; cpu) suffix="-cpu" ;;
   *) echo "build.sh: VARIANT must be gpu or cpu" >&2; exit 2 ;; esac
 docker="${DOCKER:-docker}"
-version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/__init__.py)"
-[[ -n "$version" ]] || { echo "build.sh: no __version__ in hieseg/__init__.py" >&2; exit 1; }
+version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/version.py)"
+[[ -n "$version" ]] || { echo "build.sh: no __version__ in hieseg/version.py" >&2; exit 1; }
 image="${IMAGE:-hieseg}"
 
 # The model baked in: model/ by default; MODEL_DIR=/some/folder bakes another one (staged into build/model, which

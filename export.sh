@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 docker="${DOCKER:-docker}"
-version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/__init__.py)"
+version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/version.py)"
 case "${VARIANT:-gpu}" in gpu) suffix="" ;; cpu) suffix="-cpu" ;; *) echo "export.sh: VARIANT must be gpu or cpu" >&2; exit 2 ;; esac
 image="${1:-${IMAGE:-hieseg}:$version$suffix}"
 dist="${DIST:-dist}"

@@ -10,7 +10,7 @@ repo="$PWD"
 python="${PYTHON:-python3}"
 dist="${DIST:-dist}"
 work="${WORK:-build/wheel-check}"
-version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/__init__.py)"
+version="$(sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' hieseg/version.py)"
 rm -rf "$work" && mkdir -p "$work" "$dist"
 rm -f "$dist/hieseg-$version"*.whl "$dist/hieseg-$version.tar.gz"
 
