@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
+import signal
 import struct
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -387,10 +386,11 @@ def test_every_skipped_input_entry_is_logged_once_with_its_reason(tmp_path, toy_
 # ----------------------------------------------------------------------------------- kill -9 and resume
 
 
-def test_kill_9_at_random_points_of_a_16_case_run_then_resume(tmp_path, toy_model_3d):
-    """Kill a 16-case run at random moments: no visible file is ever partial, a report always has its mask, and
-    the next run (leftover temporaries removed) completes every case exactly (the toy 3D member's mask is
-    Z-ADC < -2 inside the brain, by construction)."""
+def test_kill_9_at_named_stages_of_a_16_case_run_then_resume(tmp_path, toy_model_3d):
+    """Kill a 16-case run with SIGKILL at each named stage of a case's output commit (tests/kill_at.py: while a
+    file is being staged, with every file staged, between the mask's rename and the report's): no visible file is
+    ever partial, a report always has its mask, and the next run (leftover temporaries removed) completes every
+    case exactly (the toy 3D member's mask is Z-ADC < -2 inside the brain, by construction)."""
     from realdata import case_ids, real_cases_dir
 
     root = real_cases_dir()
@@ -407,41 +407,36 @@ def test_kill_9_at_random_points_of_a_16_case_run_then_resume(tmp_path, toy_mode
         zadc, _ = read_image(root / f"2Z_ADC/Zmap_{cid}-VISIT_01-ADC_smooth2mm_clipped10.mha")
         expected[f"{cid}-VISIT_01_lesion.mha"] = ((zadc < -2) & (adc > 0)).astype(np.uint8)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "hieseg", "predict", str(inp), str(out), "--model", str(toy_model_3d), "-q"]
+    args = ["predict", str(inp), str(out), "--model", str(toy_model_3d), "-q"]
+    cmd = [sys.executable, "-m", "hieseg", *args]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    seed = int(os.environ.get("HIESEG_FAULT_SEED", time.time_ns() % 10**6))
-    rng = random.Random(seed)
 
     def check_visible() -> None:
         masks = {p.name: p for p in out.glob("*.mha") if not p.name.startswith(".")}  # temporaries aside
         for name, path in masks.items():  # a visible mask is always complete and right
             np.testing.assert_array_equal(read_image(path)[0].astype(np.uint8), expected[name],
-                                          err_msg=f"{name} (seed {seed})")
+                                          err_msg=name)
         reports = [p for p in (out / "reports").glob("*.json") if not p.name.startswith(".")] \
             if (out / "reports").is_dir() else []
         for report in reports:  # a visible report always has its mask
-            assert Path(json.loads(report.read_text())["outputs"]["mask"]).name in masks, (report, seed)
+            assert Path(json.loads(report.read_text())["outputs"]["mask"]).name in masks, report
         # the mask is renamed a moment before its report: one kill can leave at most one mask without a report
-        assert len(masks) - len(reports) <= 1, (sorted(masks), reports, seed)
+        assert len(masks) - len(reports) <= 1, (sorted(masks), reports)
 
-    kills = 0
-    for _ in range(3):  # kill after a random number of finished cases, a random moment into the next one
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for _ in range(rng.randint(0, 12)):
-            proc.stdout.readline()  # one line per finished case
-        time.sleep(rng.uniform(0.0, 0.3))
-        if proc.poll() is None:
-            proc.kill()
-            kills += 1
-        proc.wait()
-        proc.stdout.close()
+    for stage, case in (("staging", 3), ("mid-commit", 6), ("before-commit", 10)):
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at.py"), stage, str(case), *args],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (stage, proc.returncode, proc.stderr[-2000:])
         check_visible()
+        if stage == "mid-commit":  # the one window where a mask stands without its report
+            masks = [p for p in out.glob("*.mha") if not p.name.startswith(".")]
+            reports = [p for p in (out / "reports").glob("*.json") if not p.name.startswith(".")]
+            assert len(masks) == len(reports) + 1
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     check_visible()
     assert sorted(p.name for p in out.glob("*.mha")) == sorted(expected)  # no temporary left either
     assert len(list((out / "reports").glob("*.json"))) == 16
-    assert temporaries(out) == [], (temporaries(out), seed)
+    assert temporaries(out) == [], temporaries(out)
     rows = (out / "summary.csv").read_text().splitlines()[1:]
     assert len(rows) == 16 and all(",ok," in row for row in rows)
-    assert kills >= 1, f"no run was still going when killed (seed {seed}): the test proved nothing"

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,21 +49,17 @@ def test_killed_run_resumed_with_continue_is_voxel_identical(tmp_path, toy_model
         writer.writerows([c.case_id, c.adc, c.zadc] for c in cases)
     model = BUNDLED_MODEL_DIR if (BUNDLED_MODEL_DIR / "manifest.json").is_file() else toy_model
 
-    # interrupted: SIGKILL (no chance to clean up) once a few cases are done, mid-way through the list
+    # interrupted: SIGKILL (no chance to clean up) in the middle of case 7's output commit, its mask in place and
+    # its report not yet (tests/kill_at.py: a named stage, no timing)
     resumed = tmp_path / "resumed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "hieseg", "predict", str(case_list), str(resumed), "--model",
-                             str(model), "-q"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 900
-    while _finished(resumed) < 5 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.5)  # land inside a later case, whatever stage it is at
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    proc.stderr.close()
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "kill_at.py"), "mid-commit", "7", "predict",
+                           str(case_list), str(resumed), "--model", str(model), "-q"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     done_before = _finished(resumed)
     print(f"\nkilled the run after {done_before} of {N_CASES} finished cases", flush=True)
-    assert 0 < done_before < N_CASES, done_before
+    assert done_before == 6, done_before
     assert not (resumed / "summary.csv").exists()  # the killed run never got to its summary
 
     capsys.readouterr()
