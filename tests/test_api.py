@@ -32,14 +32,6 @@ def baseline(phantom) -> np.ndarray:
     return ((phantom.zadc < -2) & (phantom.adc > 0)).astype(np.uint8)
 
 
-def test_exported_with_docstrings_and_hints():
-    assert set(hieseg.__all__) >= {"segment", "Segmenter"}
-    assert hieseg.segment.__doc__ and hieseg.Segmenter.__doc__ and hieseg.Segmenter.__call__.__doc__
-    assert "device" in hieseg.segment.__annotations__ and "return" in hieseg.segment.__annotations__
-    with pytest.raises(AttributeError):
-        hieseg.not_a_thing  # noqa: B018
-
-
 def test_segment_paths_returns_mask_on_the_input_grid(case, toy_model_3d):
     adc, zadc, phantom = case
     mask, report = hieseg.segment(adc, str(zadc), model=toy_model_3d, device="cpu")

@@ -55,15 +55,6 @@ def test_a_model_that_fails_its_checksums_is_not_exported(tmp_path, toy_model):
     assert not list((tmp_path / "dist").glob("model.tar.gz*"))
 
 
-def test_build_sh_model_less_image_and_identity_labels():
-    text = (REPO / "build.sh").read_text()
-    assert '"${MODEL_DIR:-}" == none' in text and "-nomodel" in text
-    for label in ("org.opencontainers.image.version=$version", "org.opencontainers.image.revision=",
-                  "org.hieseg.model.version=", "org.hieseg.model.manifest-sha256=$model_sha"):
-        assert label in text, label
-    assert '$version-model-${model_version:-unknown}-${model_sha:0:12}' in text
-
-
 @pytest.mark.parametrize("script", ["export.sh", "build.sh", "scripts/check_wheel.sh"])
 def test_scripts_parse(script):
     subprocess.run(["bash", "-n", str(REPO / script)], check=True)

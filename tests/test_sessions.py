@@ -54,12 +54,6 @@ def test_cuda_fallback_inside_a_session_is_an_error_for_cuda(monkeypatch, toy_mo
             sessions.create_session(member.path, member.sha256, providers.provider_plan("cuda"))
 
 
-def test_available_cpus_respects_affinity():
-    import os
-
-    assert providers.available_cpus() <= len(os.sched_getaffinity(0))
-
-
 def test_threads_respect_a_pids_limit(monkeypatch):
     monkeypatch.setattr(providers, "available_cpus", lambda: 64)
     monkeypatch.setattr(providers, "pids_limit", lambda: 256)
