@@ -9,6 +9,7 @@ from hieseg.evaluation.metrics import case_metrics
 from hieseg.inputs.io import read_image
 from hieseg.inputs.phantom import make_phantom
 
+
 @pytest.fixture(scope="module")
 def bundled():
     if not (BUNDLED_MODEL_DIR / "manifest.json").is_file():
