@@ -1,5 +1,5 @@
-"""Golden checks of the shipped ensemble (model/): its own score on the bundled phantom, pinned, and out-of-fold on
-the 40 real cases, fold by fold, against the plain Z-ADC < -2 rule."""
+"""Checks of the shipped ensemble (model/): its members and size budget, and what it does on the bundled phantom
+against the plain Z-ADC < -2 rule."""
 
 import pytest
 
