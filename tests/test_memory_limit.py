@@ -133,9 +133,10 @@ def test_estimate_is_above_every_measured_peak(name):
 
 
 def test_estimate_huge_case_against_issue_target():
-    """Calibrated for issue 24's post-fix target: the huge case runs in <= 2 GiB, Grand Challenge gives 8 GB."""
+    """Calibrated for issue 24's post-fix target: the huge case runs in <= 2 GiB (measured 1.24-1.42 GiB) and is
+    let through a 2 GiB budget; Grand Challenge gives 8 GB."""
     need = memory.estimate_case_bytes(*HUGE)
-    assert 2 * GIB <= need <= 4 * GIB
+    assert 1.5 * GIB <= need <= 2 * GIB
     assert memory.estimate_case_bytes(*REAL) <= 2 * GIB  # real cases fit a small container
 
 
@@ -191,7 +192,8 @@ def test_estimate_rejects_nonsense(shape, spacing):
     (REAL, 1 * GIB, False),  # below the model's own resident size
     (HUGE, 8 * GIB, True),
     (HUGE, 4 * GIB, True),
-    (HUGE, 2 * GIB, False),
+    (HUGE, 2 * GIB, True),  # issue 24's budget: measured 1.24-1.42 GiB
+    (HUGE, int(1.5 * GIB), False),
     (((1000, 1024, 1024), (0.2, 0.2, 0.2)), 8 * GIB, False),  # 1 G voxels
     (((1000, 1024, 1024), (0.2, 0.2, 0.2)), 32 * GIB, True),  # Grand Challenge's largest
 ])
@@ -214,13 +216,14 @@ def test_check_fits_at_the_boundary():
 
 def test_refusal_is_one_line_naming_size_and_limit():
     with pytest.raises(CaseTooLarge) as info:
-        memory.check_fits(*HUGE, 2 * GIB, path="/input/images/adc/case.mha", limit_source="cgroup memory limit")
+        memory.check_fits(*HUGE, int(1.5 * GIB), path="/input/images/adc/case.mha",
+                          limit_source="cgroup memory limit")
     exc = info.value
     assert isinstance(exc, InputError) and isinstance(exc, HiesegError) and isinstance(exc, MemoryError)
     text = str(exc)
     assert "\n" not in text
     assert text.startswith("/input/images/adc/case.mha: grid 300 x 512 x 512 (78.6 M voxels")
-    assert "2.00 GiB (cgroup memory limit)" in text
+    assert "1.50 GiB (cgroup memory limit)" in text
     assert f"{memory.estimate_case_bytes(*HUGE) / GIB:.2f} GiB" in text
 
 

@@ -6,8 +6,9 @@ half-written output (issue 24, item 3). Pure functions:
 - ``memory_limit_bytes()``: the smallest of the cgroup limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``,
   also along this process's own cgroup path), the RLIMIT_AS / RLIMIT_DATA soft limits and the physical memory.
 - ``estimate_case_bytes(shape_zyx, spacing_zyx)``: a conservative (upper-bound) estimate of the peak resident
-  memory of one case, from its grid alone (the image header): the model and interpreter, a few full-resolution
-  arrays, each member's work on the model grid, and ONNX Runtime's activations for the largest tile.
+  memory of one case, from its grid alone (the image header): the model and interpreter, plus the larger of two
+  phases: reading (the ADC, the Z-ADC and SimpleITK's copy of it while it is read) and running (the full-resolution
+  arrays kept, each member's work on the model grid, and ONNX Runtime's activations for the largest tile).
 - ``check_fits(shape_zyx, spacing_zyx, limit)``: raises ``CaseTooLarge`` (an ``InputError`` and a
   ``MemoryError``) with one line naming the grid, its voxels, the estimate and the limit.
 
@@ -19,12 +20,15 @@ run                                                          peak RSS     estima
 ===========================================================  ===========  ==========
 interpreter + numpy / scipy / SimpleITK / onnxruntime        162 MiB
 + the 10 sessions loaded (``Segmenter("model")``)            255 MiB
-bundled sample, 112 x 112 x 22 at 1.6 / 1.5 / 4.5 mm         519 MiB      1.25 GiB
-real case MGHNICU_014, 128 x 128 x 23 at 1.56 / 1.56 / 4 mm  631 MiB      1.41 GiB
-512 x 512 x 300 at 0.5 mm (MGHNICU_014 resampled), 47 s      1.77 GiB     2.81 GiB
+bundled sample, 112 x 112 x 22 at 1.6 / 1.5 / 4.5 mm         519 MiB      0.99 GiB
+real case MGHNICU_014, 128 x 128 x 23 at 1.56 / 1.56 / 4 mm  631 MiB      1.16 GiB
+512 x 512 x 300 at 0.5 mm (MGHNICU_014 resampled), 36 s      1.42 GiB     1.97 GiB
+the same on OpenVINO bf16 (the default CPU engine), 11 s     1.24 GiB     1.97 GiB
 ===========================================================  ===========  ==========
 
-(The huge case took 4.9-5.1 GB at a4d4bdd, before issue 24's fix; 1.77 GiB is the working tree of 2026-12-06.)
+(The huge case took 4.9-5.1 GB at a4d4bdd, before issue 24's fix, 1.77 GiB on ONNX Runtime at cdb4db5 and
+1.59 GiB on OpenVINO at 73b7a7a; 1.42 / 1.24 GiB once the pipeline ran the members, the post-processing and the
+statistics on the brain's box and kept neither the full-size Z-ADC nor the native probability map.)
 The estimate is above every measurement by design: the model constant covers the CUDA provider's host side too,
 and the tile term assumes the largest brain crop of the training cases plus margin, not this case's crop.
 ``CALIBRATION`` holds these numbers; the tests check that the estimate stays above them.
@@ -54,18 +58,23 @@ V1_UNLIMITED_FROM = 1 << 62
 
 # ---- the estimate's constants ----------------------------------------------------------------------------------
 # What the process holds whatever the case: the interpreter, the libraries and the sessions. Measured 255 MiB on
-# CPU (10 sessions, 162 MiB of it the imports); the benchmark measured ~0.7 GiB resident for the sessions of real
-# cases, and the CUDA provider adds its host side (CUDA context, cuDNN / cuBLAS code, staging buffers), which could
-# not be measured here. Taken: 0.7 GiB, for every provider.
-MODEL_RESIDENT_BYTES = int(0.7 * GIB)
+# ONNX Runtime's CPU provider (10 sessions, 162 MiB of it the imports), ~0.35 GiB on OpenVINO (2 fused sessions,
+# RSS after reading minus the two arrays on the 512 x 512 x 300 case); the CUDA provider adds its host side (CUDA
+# context, cuDNN / cuBLAS code, staging buffers), not measured here, and its activations are in GPU memory (the
+# activation term, >= 0.5 GiB on any real grid, is left out there). Taken: 0.45 GiB, for every provider.
+MODEL_RESIDENT_BYTES = int(0.45 * GIB)
 
-# Bytes per voxel of the native grid at the peak: the runtime keeps a few full-resolution arrays (ADC and Z-ADC as
-# float32, the fused probability as float32, the brain and lesion masks as bool / uint8; SimpleITK's copy of an
-# image while it is read, the post-processing's int32 component labels and the writer's copy of the mask come and
-# go). Measured: 14.6 B/voxel on the 512 x 512 x 300 case (1.77 GiB - 255 MiB model - ~460 MiB activations, over
-# 78.6 M voxels). Taken: 16 B (four float32 arrays). Issue 24's target (<= 2 GiB on that case) leaves at most
-# ~19 B/voxel; the pipeline before its fix held ~60 B/voxel (5 GB).
-NATIVE_BYTES_PER_VOXEL = 16
+# Bytes per native voxel while the pair is read (no member has run yet): the ADC and the Z-ADC as float32 and
+# SimpleITK's own copy of the Z-ADC until it is converted, 12 B, and validation's bool temporaries. Measured
+# 12.2 B/voxel on the 512 x 512 x 300 case (OpenVINO: 1.24 GiB peak at the read, 0.35 GiB model). Taken: 14 B.
+READ_BYTES_PER_VOXEL = 14
+
+# Bytes per voxel of the native grid while the members run and the outputs are written: the pipeline keeps the ADC
+# (float32) and the uint8 mask at full resolution, the writer's copy of the mask and its read-back come and go;
+# the Z-ADC, the fused probability, the post-processing and the statistics live on the brain's box only (its
+# copies are within the activation term's slack). Taken: 8 B. Before issue 24's fix the pipeline held ~60 B/voxel
+# (5 GB on the 512 x 512 x 300 case).
+NATIVE_BYTES_PER_VOXEL = 8
 
 # Bytes per voxel of the model grid (the crop resampled to the member spacing): the prepared inputs of the two
 # member kinds (2 + 3 float32 channels, 20 B), the resampling's per-axis temporaries (8 B), the member's
@@ -107,7 +116,7 @@ MAX_CROP_EXTENT_MM = (176.0, 176.0, 176.0)
 CALIBRATION: dict[str, dict[str, object]] = {
     "sample": {"shape_zyx": (22, 112, 112), "spacing_zyx": (4.5, 1.5, 1.6), "peak_mib": 519},
     "real_MGHNICU_014": {"shape_zyx": (23, 128, 128), "spacing_zyx": (4.0, 1.5625, 1.5625), "peak_mib": 631},
-    "huge_512x512x300_0.5mm": {"shape_zyx": (300, 512, 512), "spacing_zyx": (0.5, 0.5, 0.5), "peak_mib": 1811},
+    "huge_512x512x300_0.5mm": {"shape_zyx": (300, 512, 512), "spacing_zyx": (0.5, 0.5, 0.5), "peak_mib": 1455},
 }
 
 
@@ -278,10 +287,10 @@ def estimate_case_bytes(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] |
                         model_grid_bytes_per_voxel: int = MODEL_GRID_BYTES_PER_VOXEL) -> int:
     """A conservative estimate (bytes) of the peak resident memory one case needs, from its grid alone:
 
-    ``model_bytes`` (interpreter, libraries, sessions) + ``native_bytes_per_voxel`` x native voxels (the
-    full-resolution arrays) + ``model_grid_bytes_per_voxel`` x the larger member grid's voxels (see
-    ``member_grids``) + on CPU, ONNX Runtime's activations for the largest tile of any member (``on_gpu``: they are
-    in GPU memory, left out). ``crop_extent_mm``: the largest brain box the members can see (mm per axis; the
+    ``model_bytes`` (interpreter, libraries, sessions) + the larger of the read phase (``READ_BYTES_PER_VOXEL`` x
+    native voxels) and the run phase: ``native_bytes_per_voxel`` x native voxels (the full-resolution arrays kept)
+    + ``model_grid_bytes_per_voxel`` x the larger member grid's voxels (see ``member_grids``) + on CPU, ONNX
+    Runtime's activations for the largest tile of any member (``on_gpu``: they are in GPU memory, left out). ``crop_extent_mm``: the largest brain box the members can see (mm per axis; the
     case's own box once known, None for no credit). Without ``spacing_zyx`` the members' grids are taken as the
     native grid.
     """
@@ -291,12 +300,12 @@ def estimate_case_bytes(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] |
     if spacing_zyx is not None and (len(spacing_zyx) != 3 or not all(float(s) > 0 for s in spacing_zyx)):
         raise ValueError(f"spacing_zyx must be 3 positive spacings, not {tuple(spacing_zyx)}")
     grids = member_grids(shape, spacing_zyx, crop_extent_mm)
-    need = model_bytes + math.prod(shape) * native_bytes_per_voxel
-    need += max(math.prod(g) for g in grids.values()) * model_grid_bytes_per_voxel
+    run = math.prod(shape) * native_bytes_per_voxel
+    run += max(math.prod(g) for g in grids.values()) * model_grid_bytes_per_voxel
     if not on_gpu:
         tiles = tile_voxels(grids)
-        need += max(tiles["3d"] * ACTIVATION_BYTES_PER_VOXEL_3D, tiles["2d"] * ACTIVATION_BYTES_PER_VOXEL_2D)
-    return int(need)
+        run += max(tiles["3d"] * ACTIVATION_BYTES_PER_VOXEL_3D, tiles["2d"] * ACTIVATION_BYTES_PER_VOXEL_2D)
+    return int(model_bytes + max(math.prod(shape) * READ_BYTES_PER_VOXEL, run))
 
 
 # ---- the decision ----------------------------------------------------------------------------------------------
@@ -312,8 +321,8 @@ def check_fits(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] | None, li
     """Raise ``CaseTooLarge`` when the case's estimated peak exceeds ``limit`` (bytes; None: unknown, no check).
 
     The message is one line naming the grid (z x y x voxels), its voxels, the estimate and the limit, e.g.
-    ``grid 300 x 512 x 512 (78.6 M voxels, 0.29 GiB per float32 copy) needs about 2.81 GiB of memory, above the
-    limit of 2.00 GiB (cgroup memory limit): ...``. Returns the estimate (bytes) when the case fits.
+    ``grid 300 x 512 x 512 (78.6 M voxels, 0.29 GiB per float32 copy) needs about 1.97 GiB of memory, above the
+    limit of 1.50 GiB (cgroup memory limit): ...``. Returns the estimate (bytes) when the case fits.
     """
     need = estimate_case_bytes(shape_zyx, spacing_zyx, on_gpu=on_gpu, crop_extent_mm=crop_extent_mm)
     if limit is None or need <= limit:
