@@ -106,7 +106,9 @@ def test_built_wheel_carries_the_shipped_model_and_the_extras():
     assert "Requires-Python: >=3.11" in metadata
     assert "Provides-Extra: cpu" in metadata and "Provides-Extra: gpu" in metadata
     assert not any(n.startswith(("tests/", "training/", "model/")) for n in names)
+    for layer in ("inputs", "engine", "outputs", "app", "evaluation"):  # every subpackage is in the wheel
+        assert f"hieseg/{layer}/__init__.py" in names, layer
     with tarfile.open(_built("sdist")) as sdist:
         files = {Path(*Path(n).parts[1:]).as_posix() for n in sdist.getnames()}
-    assert {"model/manifest.json", "LICENSE", "pyproject.toml", "hieseg/api.py"} <= files
+    assert {"model/manifest.json", "LICENSE", "pyproject.toml", "hieseg/app/api.py"} <= files
     assert {f"model/{m['file']}" for m in manifest["members"]} <= files
