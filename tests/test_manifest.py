@@ -33,9 +33,15 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     (lambda m: m.update(schema_version=99), "schema_version"),
     (lambda m: m["members"][0].update(kind="4d"), "kind"),
     (lambda m: m["members"][1].update(target_spacing_zyx=[2.0, 1.0, 1.0]), "2d member keeps native slices"),
-    (lambda m: m["members"][0]["channels"].append({"source": "t2"}), "channel source"),
+    (lambda m: m["members"][0]["channels"].append({"source": "t2"}), r"members\[0\]\.channels\[2\]: missing required 'transform'; members\[0\]\.channels\[2\]\.source: expected one of"),
     (lambda m: m["members"][0].update(file="missing.onnx"), "not found"),
-    (lambda m: m.pop("fusion"), "threshold"),
+    (lambda m: m.pop("fusion"), "missing required 'fusion'"),
+    (lambda m: m["members"][0].update(patch_size=[8]), r"members\[0\]\.patch_size: expected 2\.\.3 items, got 1"),
+    (lambda m: m["members"][0].update(patch_size=[8, 8]), "patch_size and divisible_by need 3 entries"),  # semantic
+    (lambda m: m["members"][0]["tta_flips"].append([3]), r"members\[0\]\.tta_flips\[\d\]\[0\]: 3 is above the maximum 2"),
+    (lambda m: m["members"][0].update(weight="heavy"), r"members\[0\]\.weight: expected number"),
+    (lambda m: m["fusion"].update(threshold=1.5), r"fusion\.threshold: 1\.5 is above the maximum 1"),
+    (lambda m: m["members"][0].update(target_spacing_zyx=[1.0, 1.0]), r"target_spacing_zyx: expected 3 items"),
 ])
 def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message):
     shutil.copytree(toy_model, tmp_path / "m")
@@ -49,3 +55,28 @@ def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message
 def test_model_dir_resolution(tmp_path):
     assert resolve_model_dir(tmp_path) == tmp_path
     assert resolve_model_dir(None) in (BUNDLED_MODEL_DIR, __import__("pathlib").Path("/opt/ml/model"))
+
+
+def test_schema_is_the_one_source_of_schema_version():
+    from hieseg.engine import manifest as mf
+
+    assert mf.SCHEMA["$schema"].endswith("2020-12/schema")
+    assert mf.SCHEMA_VERSION == mf.SCHEMA["properties"]["schema_version"]["const"]
+
+
+def test_bundled_manifest_matches_schema():
+    from hieseg.engine.manifest import BUNDLED_MODEL_DIR, schema_errors
+
+    raw = json.loads((BUNDLED_MODEL_DIR / "manifest.json").read_text())
+    assert schema_errors(raw) == []
+
+
+def test_schema_errors_list_every_violation_with_its_path():
+    from hieseg.engine.manifest import schema_errors
+
+    schema = {"type": "object", "required": ["a"], "additionalProperties": False,
+              "properties": {"b": {"type": "array", "minItems": 3, "maxItems": 3, "items": {"type": "integer"}}}}
+    assert schema_errors({"b": [1, 2.5], "c": 0}, schema) == [
+        "manifest: missing required 'a'", "b: expected 3 items, got 2", "b[1]: expected integer, got 2.5",
+        "manifest: unexpected key 'c'"]
+    assert schema_errors(True, {"type": "number"}) == ["manifest: expected number, got true"]

@@ -42,7 +42,9 @@ from hieseg.errors import ModelError
 from hieseg.files import file_digest, read_verified
 from hieseg.inputs.domain import Domain, default_domain
 
-SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")  # the one description of the format
+SCHEMA: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+SCHEMA_VERSION: int = SCHEMA["properties"]["schema_version"]["const"]
 MANIFEST_NAME = "manifest.json"
 GRAND_CHALLENGE_MODEL_DIR = Path("/opt/ml/model")
 MODEL_DIR_ENV = "HIESEG_MODEL_DIR"
@@ -116,6 +118,84 @@ def resolve_model_dir(explicit: str | Path | None = None) -> Path:
     return BUNDLED_MODEL_DIR
 
 
+_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
+                          "number": (int, float), "integer": int}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name in ("number", "integer") and isinstance(value, bool):
+        return False
+    if name == "integer" and isinstance(value, float):
+        return value.is_integer()
+    return isinstance(value, _TYPES[name])
+
+
+def schema_errors(value: Any, schema: dict[str, Any] | None = None, path: str = "") -> list[str]:
+    """Every violation of ``schema`` (default: manifest.schema.json) by ``value``, each as "<json path>: <problem>".
+
+    Implements the subset of JSON Schema 2020-12 the manifest schema uses: type, const, enum, required,
+    properties, additionalProperties (false), items, minItems/maxItems, minLength/maxLength, minimum/maximum,
+    exclusiveMinimum, plus the annotation ``x-message`` (the wording used when that subtree fails). No dependency:
+    the schema file stays the single source of truth."""
+    schema = SCHEMA if schema is None else schema
+    where = path or "manifest"
+    errors = _violations(value, schema, path, where)
+    if errors and "x-message" in schema:  # the schema's own wording for this field (a non-validating keyword)
+        return [f"{where}: {schema['x-message']}"]
+    return errors
+
+
+def _violations(value: Any, schema: dict[str, Any], path: str, where: str) -> list[str]:
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if not any(_is_type(value, t) for t in types):
+            return [f"{where}: expected {' or '.join(types)}, got {json.dumps(value)[:60]}"]
+    if "const" in schema and value != schema["const"]:
+        return [f"{where}: expected {schema['const']!r}, got {value!r}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{where}: expected one of {schema['enum']}, got {value!r}"]
+    errors: list[str] = []
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"{where}: missing required {key!r}")
+        props = schema.get("properties", {})
+        for key, sub in value.items():
+            if key in props:
+                errors += schema_errors(sub, props[key], f"{path}.{key}" if path else key)
+            elif schema.get("additionalProperties") is False:
+                errors.append(f"{where}: unexpected key {key!r}")
+    elif isinstance(value, list):
+        n = len(value)
+        if "minItems" in schema and n < schema["minItems"] or "maxItems" in schema and n > schema["maxItems"]:
+            lo, hi = schema.get("minItems"), schema.get("maxItems")
+            want = f"{lo}" if lo == hi else f"{lo if lo is not None else 0}..{hi if hi is not None else 'any'}"
+            errors.append(f"{where}: expected {want} items, got {n}")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                errors += schema_errors(item, schema["items"], f"{where}[{i}]")
+    elif isinstance(value, str):
+        if len(value) < schema.get("minLength", 0) or len(value) > schema.get("maxLength", len(value)):
+            errors.append(f"{where}: string of length {len(value)} outside "
+                          f"{schema.get('minLength', 0)}..{schema.get('maxLength', 'any')}")
+    elif _is_type(value, "number"):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{where}: {value} is below the minimum {schema['minimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{where}: {value} is above the maximum {schema['maximum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            errors.append(f"{where}: {value} must be greater than {schema['exclusiveMinimum']}")
+    return errors
+
+
+def validate_manifest(raw: Any, where: Path | str) -> None:
+    """Raise ModelError naming the file and the first offending JSON path when ``raw`` breaks the schema."""
+    errors = schema_errors(raw)
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ModelError(f"{where}: {'; '.join(errors[:3])}{more}")
+
+
 def _require(cond: bool, where: Path, problem: str) -> None:
     if not cond:
         raise ModelError(f"{where}: {problem}")
@@ -158,6 +238,10 @@ def _member(raw: dict[str, Any], directory: Path, where: Path) -> Member:
 def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = None) -> Manifest:
     """Validate a manifest's structure (no checksum work) and resolve its member paths against ``directory``."""
     where = where or directory / MANIFEST_NAME
+    if isinstance(raw, dict) and raw.get("schema_version") != SCHEMA_VERSION:
+        raise ModelError(f"{where}: schema_version {raw.get('schema_version')!r} is not supported "
+                         f"(expected {SCHEMA_VERSION})")
+    validate_manifest(raw, where)
     _require(raw.get("schema_version") == SCHEMA_VERSION, where,
              f"schema_version {raw.get('schema_version')!r} is not supported (expected {SCHEMA_VERSION})")
     members = raw.get("members") or []
