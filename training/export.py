@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -18,6 +19,7 @@ from . import config
 from .domain import training_domain
 from .data import REPO, TARBALL
 from .nets import WithSigmoid, build
+from .publish import publish_model_dir, recover_model_dir, staging_dir
 from .study import TrainingError
 
 PARITY_TOL = 1e-4
@@ -141,7 +143,7 @@ def _trained_by(training: dict | None) -> dict | None:
 def export_all(study, tuning: dict, log=print) -> dict:
     """The shipped choice of ``tuning`` as ONNX networks (parity-checked against torch) and model/manifest.json."""
     from hieseg.inputs.io import write_json
-    from hieseg.engine.manifest import load_manifest
+    from hieseg.engine.manifest import SCHEMA_VERSION, load_manifest, validate_manifest
 
     folds = tuning["folds"]
     cfg = study.config
@@ -159,8 +161,11 @@ def export_all(study, tuning: dict, log=print) -> dict:
     tree = check_clean_tree(cfg.allow_dirty or cfg.quick)
     fusion = tuning["fusion"]
     model_dir: Path = cfg.model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_model_dir(model_dir)  # an earlier export that died mid-swap: put its old model back, drop its staging
     previous = _previous_export(model_dir)
+    # the new model is written beside the old one and swapped in whole once it loads (training/publish.py)
+    staged = staging_dir(model_dir)
     sources = study.pool_sources()
     members, parities, checkpoints, reused, trained = [], {}, {}, [], {}
     for pool_name in fusion["members"]:
@@ -180,15 +185,16 @@ def export_all(study, tuning: dict, log=print) -> dict:
                              "hard_negative_fraction": trained_spec.get("hard_negative_fraction", 0.0),
                              "carvemix_fraction": trained_spec.get("carvemix_fraction", 0.0)})
                 net = load_net(ckpt, spec["kind"], len(channels), spec["arch"])
-                export_onnx(net, spec["kind"], len(channels), model_dir / fname)
+                export_onnx(net, spec["kind"], len(channels), staged / fname)
                 sample = study.samples(name, [study.folds[k][0]])[0]
-                diff = parity(net, model_dir / fname, sample.image, spec)
+                diff = parity(net, staged / fname, sample.image, spec)
                 parities[fname] = diff
                 checkpoints[fname] = file_digest(ckpt)
                 log(f"  {fname}: parity max|ORT-torch| = {diff:.2e} on {sample.case_id} ({pool_name})")
                 if diff > PARITY_TOL:
                     raise TrainingError(f"{fname}: ORT/torch parity {diff:.2e} exceeds {PARITY_TOL}")
             elif fname in previous["sha256"] and file_digest(model_dir / fname) == previous["sha256"][fname]:
+                shutil.copy2(model_dir / fname, staged / fname)
                 # checkpoint gone (e.g. a new machine): keep the network exported from it, bytes verified
                 parities[fname] = previous["parity"].get(fname)
                 checkpoints[fname] = previous["checkpoints"].get(fname)
@@ -196,7 +202,7 @@ def export_all(study, tuning: dict, log=print) -> dict:
                 log(f"  {fname}: no checkpoint; keeping the exported network (sha256 as in the manifest)")
             else:
                 raise TrainingError(f"{fname}: neither the checkpoint {ckpt} nor a verified exported network")
-            members.append({"name": f"{name}_f{k}", "file": fname, "sha256": file_digest(model_dir / fname),
+            members.append({"name": f"{name}_f{k}", "file": fname, "sha256": file_digest(staged / fname),
                             **config.member_entry(spec, channels, fusion["tta_flips"][pool_name],
                                                   round(weight / len(folds), 6))})
         settings = sources[label] / "settings.json"
@@ -205,10 +211,6 @@ def export_all(study, tuning: dict, log=print) -> dict:
                          "settings": json.loads(settings.read_text()) if settings.is_file() else None,
                          "folds": runs or "kept from the earlier export (see previous_training)",
                          **{k: v for k, v in spec.items() if k not in ("iterations", "batch")}}
-    shipped = {m["file"] for m in members}
-    for old in model_dir.glob("*.onnx"):
-        if old.name not in shipped:
-            old.unlink()
     complete = len(tuning["folds"]) == tuning["n_folds_total"]
     n_cases = sum(len(study.folds[k]) for k in tuning["folds"])
     status = (f"final: all {tuning['n_folds_total']} folds cross-validated, fusion tuned on all {n_cases} "
@@ -219,7 +221,7 @@ def export_all(study, tuning: dict, log=print) -> dict:
         status = "quick (CI smoke run): a few iterations on 2 cases; not a real model"
     scores = tuning["scores"]
     manifest = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "name": "hieseg-bonbid",
         "version": ("quick" if cfg.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
         "license": DEFAULT_LICENSE,
@@ -260,8 +262,10 @@ def export_all(study, tuning: dict, log=print) -> dict:
             "torch_checkpoint_sha256": checkpoints,
         }),
     }
-    write_json(manifest, model_dir / "manifest.json")
-    m = load_manifest(model_dir)
+    write_json(manifest, staged / "manifest.json")
+    validate_manifest(json.loads((staged / "manifest.json").read_text()), staged / "manifest.json")  # as written
+    m = load_manifest(staged)  # the schema and semantic checks and every member's sha256, before it is published
+    publish_model_dir(staged, model_dir)
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
     log(f"  manifest OK: {len(m.members)} members, {size / 2**20:.1f} MiB in {model_dir}")
     return manifest
