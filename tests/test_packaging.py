@@ -108,6 +108,7 @@ def test_built_wheel_carries_the_shipped_model_and_the_extras():
     assert not any(n.startswith(("tests/", "training/", "model/")) for n in names)
     for layer in ("inputs", "engine", "outputs", "app", "evaluation"):  # every subpackage is in the wheel
         assert f"hieseg/{layer}/__init__.py" in names, layer
+    assert "hieseg/engine/manifest.schema.json" in names  # the manifest is validated against it on load
     with tarfile.open(_built("sdist")) as sdist:
         files = {Path(*Path(n).parts[1:]).as_posix() for n in sdist.getnames()}
     assert {"model/manifest.json", "LICENSE", "pyproject.toml", "hieseg/app/api.py"} <= files
