@@ -65,7 +65,7 @@ def temp_path(final: Path) -> Path:
     return final.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{final.name}"
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -89,7 +89,7 @@ def _write_durable(data: bytes, tmp: Path) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -142,7 +142,7 @@ def stage_image(image: sitk.Image, final: Path, compress: bool = True) -> Path:
     # SimpleITK picks the writer from the suffix: keep the final name's (.mha, .nii, .nii.gz) on the temporary.
     try:
         sitk.WriteImage(image, str(tmp), useCompression=compress)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         problem = _same_image(sitk.ReadImage(str(tmp)), image)
     except (RuntimeError, OSError) as exc:
         problem = (exc.strerror if isinstance(exc, OSError) else None) or "could not be written or read back"
@@ -172,7 +172,7 @@ def commit(staged: list[tuple[Path, Path]]) -> None:
         failed = staged[len(done)][1]
         raise write_error(exc, failed) from None
     for folder in {final.parent for _, final in staged}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 class OutputSet:

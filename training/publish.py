@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from hieseg.files import fsync_dir, fsync_file
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -32,20 +34,8 @@ def staging_dir(target: Path) -> Path:
 def _fsync_tree(folder: Path) -> None:
     for path in folder.iterdir():
         if path.is_file():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_file(path)
+    fsync_dir(folder)
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -81,7 +71,7 @@ def publish_model_dir(staged: Path, target: Path) -> None:
     _fsync_tree(staged)
     if not target.exists():
         os.rename(staged, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return
     old = target.parent / f"{target.name}.old-{os.getpid()}"
     if old.exists():
@@ -90,7 +80,7 @@ def publish_model_dir(staged: Path, target: Path) -> None:
         os.rename(staged, old)  # staged now holds the old model
     else:
         _swap_by_renames(staged, target, old)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(old)
 
 
