@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import config
-from . import dicegrid as T
+from training import tune as T  # the Dice-only grid these records were made with
 from ..data import REPO
 from ..study import load_study, make_config
 
