@@ -34,7 +34,7 @@ def _final_stage() -> list[tuple[str, str]]:
 
 
 def _version() -> str:
-    return re.search(r'__version__\s*=\s*["\']([^"\']+)', (REPO / "hieseg" / "__init__.py").read_text()).group(1)
+    return re.search(r'__version__\s*=\s*["\']([^"\']+)', (REPO / "hieseg" / "version.py").read_text()).group(1)
 
 
 def test_dockerfile_contract():

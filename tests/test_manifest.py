@@ -41,6 +41,7 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     (lambda m: m["members"][0]["tta_flips"].append([3]), r"members\[0\]\.tta_flips\[\d\]\[0\]: 3 is above the maximum 2"),
     (lambda m: m["members"][0].update(weight="heavy"), r"members\[0\]\.weight: expected number"),
     (lambda m: m["fusion"].update(threshold=1.5), r"fusion\.threshold: 1\.5 is above the maximum 1"),
+    (lambda m: m["fusion"].update(threshold=0), r"fusion\.threshold: 0"),  # would mark the whole background
     (lambda m: m["members"][0].update(target_spacing_zyx=[1.0, 1.0]), r"target_spacing_zyx: expected 3 items"),
 ])
 def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message):

@@ -185,30 +185,12 @@ class Segmenter:
     def providers(self) -> dict[str, str]:
         return member_providers(self.members)
 
-    def segment(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
-                guard: domain.DomainCheck | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Mask (uint8) and fused probability (float32) on the native grid of a validated ADC / Z-ADC pair.
-
-        ``guard`` is the domain guard's verdict on the pair (computed here when not given): members run at its
-        spacing on out-of-domain axes; implausible intensities raise InputError.
-        """
-        prob, _ = self.fused_probability(adc, zadc, geometry, guard)
-        return self.mask_from_probability(prob, adc, geometry), prob
-
-    def fused_probability(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry,
-                          guard: domain.DomainCheck | None = None) -> tuple[np.ndarray, dict[str, float]]:
-        """The ensemble's fused probability (float32, native grid) and the seconds of its stages."""
-        spacing = geometry.spacing_zyx
-        if guard is None:
-            guard = domain.check_case(adc, zadc, spacing, self.manifest.domain)
-        crop = preprocess.crop_to_brain(adc, spacing, self.manifest.crop_margin_mm)
-        out = run_ensemble([m.runner() for m in self.members], adc, zadc, spacing, crop, guard.run_spacing_zyx)
-        return out.probability, out.timings
-
-    def mask_from_probability(self, prob: np.ndarray, adc: np.ndarray, geometry: Geometry) -> np.ndarray:
-        """The manifest's mask rule applied to a fused probability (uint8 {0, 1})."""
-        return postprocess(prob, preprocess.brain_mask(adc), geometry.spacing_zyx,
-                           self.manifest.mask_rule).astype(np.uint8)
+    def segment(self, adc: np.ndarray, zadc: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """Mask (uint8) and fused probability (float32) on the native grid of an ADC / Z-ADC pair on one grid:
+        ``segment_pair`` on arrays."""
+        case = Case("arrays", Path("adc"), Path("zadc"), "mask")
+        result = self.segment_pair(case, lambda: (adc, geometry, zadc, geometry))
+        return result.mask, result.probability
 
     def check_memory(self, case: Case) -> dict[str, Any]:
         """``check_case_memory`` on this Segmenter's provider (activations in GPU memory on CUDA)."""
@@ -251,27 +233,18 @@ class Segmenter:
         del zadc_box
         timings.update(out.timings)
         rss["ensemble"] = _gib(rss_bytes())
-        prob = out.probability
-        spacing, rule = geometry.spacing_zyx, self.manifest.mask_rule
+        prob, spacing = out.probability, geometry.spacing_zyx
+        # Outside the box there is no brain and the probability is 0, below every threshold (the manifest's is
+        # > 0): the mask on the box, put back on the native grid, is the native grid's, bit for bit.
+        brain_box = preprocess.brain_mask(adc_box)
+        del adc_box
+        mask_box, timings["postprocess"] = timed(postprocess, prob, brain_box, spacing, self.manifest.mask_rule)
+        statistics, timings["report"] = timed(lesion_statistics, mask_box, brain_box, spacing)
+        del brain_box
         t0 = time.perf_counter()
-        if rule.threshold > 0:  # outside the box: no brain and probability 0, below the threshold, never masked
-            brain_box = preprocess.brain_mask(adc_box)
-            del adc_box
-            mask_box = postprocess(prob, brain_box, spacing, rule)
-            timings["postprocess"] = time.perf_counter() - t0
-            statistics, timings["report"] = timed(lesion_statistics, mask_box, brain_box, spacing)
-            del brain_box
-            t0 = time.perf_counter()
-            mask = np.zeros(geometry.shape_zyx, dtype=np.uint8)
-            mask[crop] = mask_box
-            timings["restore"] = time.perf_counter() - t0
-        else:  # a threshold <= 0 marks the voxels outside the brain too: the native grid's rule, as it is
-            del adc_box
-            native = np.zeros(geometry.shape_zyx, dtype=np.float32)
-            native[crop] = prob
-            mask, timings["postprocess"] = timed(self.mask_from_probability, native, adc, geometry)
-            del native
-            statistics, timings["report"] = timed(lesion_statistics, mask > 0, preprocess.brain_mask(adc), spacing)
+        mask = np.zeros(geometry.shape_zyx, dtype=np.uint8)
+        mask[crop] = mask_box
+        timings["restore"] = time.perf_counter() - t0
         rss["postprocess"] = _gib(rss_bytes())
         return CaseResult(case, mask, prob, crop, geometry, adc, timings, guard, statistics,
                           {"rss_after_gib": rss})
