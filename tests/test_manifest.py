@@ -42,6 +42,9 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     (lambda m: m["members"][0].update(weight="heavy"), r"members\[0\]\.weight: expected number"),
     (lambda m: m["fusion"].update(threshold=1.5), r"fusion\.threshold: 1\.5 is above the maximum 1"),
     (lambda m: m["fusion"].update(threshold=0), r"fusion\.threshold: 0"),  # would mark the whole background
+    (lambda m: m["fusion"].update(component_filter={"type": "size", "value": 3}),
+     r"fusion\.component_filter\.type: expected one of \['peak', 'distance_to_largest', 'edge'\]"),
+    (lambda m: m["fusion"].update(component_filter={"type": "peak"}), r"fusion\.component_filter: missing required 'value'"),
     (lambda m: m["members"][0].update(target_spacing_zyx=[1.0, 1.0]), r"target_spacing_zyx: expected 3 items"),
 ])
 def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message):
@@ -51,6 +54,17 @@ def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message
     (tmp_path / "m/manifest.json").write_text(json.dumps(raw))
     with pytest.raises(ModelError, match=message):
         load_manifest(tmp_path / "m")
+
+
+def test_component_filter_reaches_the_mask_rule(tmp_path, toy_model):
+    from hieseg.engine.manifest import ComponentFilter
+
+    shutil.copytree(toy_model, tmp_path / "m")
+    raw = json.loads((tmp_path / "m/manifest.json").read_text())
+    assert load_manifest(tmp_path / "m").mask_rule.component_filter is None
+    raw["fusion"]["component_filter"] = {"type": "edge", "value": 2.0}
+    (tmp_path / "m/manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(tmp_path / "m").mask_rule.component_filter == ComponentFilter("edge", 2.0)
 
 
 def test_model_dir_resolution(tmp_path):

@@ -73,14 +73,31 @@ class Member:
 
 
 @dataclass(frozen=True)
+class ComponentFilter:
+    """One rule on each thresholded component (postprocess.component_filter_keeps): ``peak`` keeps a component
+    whose peak probability is >= value; ``distance_to_largest`` drops one whose nearest voxel is more than value mm
+    from the largest component; ``edge`` drops one whose deepest voxel lies within value mm of the brain's outside."""
+
+    type: str
+    value: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value}
+
+
+COMPONENT_FILTERS = ("peak", "distance_to_largest", "edge")
+
+
+@dataclass(frozen=True)
 class MaskRule:
     """How fused probabilities become the mask (applied by postprocess.postprocess): the threshold, the smallest
-    lesion component kept, and the case-level empty rule; the manifest's ``fusion`` entry."""
+    lesion component kept, an optional component filter and the case-level empty rule; the manifest's ``fusion``."""
 
     threshold: float
     min_component_mm3: float
     empty_max_probability_below: float = 0.0
     empty_min_lesion_mm3: float = 0.0
+    component_filter: ComponentFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +252,11 @@ def _member(raw: dict[str, Any], directory: Path, where: Path) -> Member:
     )
 
 
+def component_filter_of(raw: dict[str, Any] | None) -> ComponentFilter | None:
+    """The manifest's ``fusion.component_filter`` (already schema-checked), or None."""
+    return None if raw is None else ComponentFilter(str(raw["type"]), float(raw["value"]))
+
+
 def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = None) -> Manifest:
     """Validate a manifest's structure (no checksum work) and resolve its member paths against ``directory``."""
     where = where or directory / MANIFEST_NAME
@@ -259,7 +281,8 @@ def parse_manifest(raw: dict[str, Any], directory: Path, where: Path | None = No
         crop_margin_mm=float(raw.get("preprocessing", {}).get("crop_margin_mm", 8.0)),
         members=parsed,
         mask_rule=MaskRule(float(fusion["threshold"]), float(fusion.get("min_component_mm3", 0.0)),
-                           float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0))),
+                           float(empty.get("max_probability_below", 0.0)), float(empty.get("min_lesion_mm3", 0.0)),
+                           component_filter_of(fusion.get("component_filter"))),
         provenance=raw.get("provenance", {}),
         **_optional_text_fields(raw, where),
         domain=domain,
