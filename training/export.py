@@ -16,13 +16,15 @@ import torch
 from hieseg.files import file_digest
 
 from . import config
-from .domain import training_domain
 from .data import REPO, TARBALL
+from .domain import training_domain
+from .figures import rounded
 from .nets import WithSigmoid, build
 from .publish import publish_model_dir, recover_model_dir, staging_dir
 from .study import TrainingError
 
 PARITY_TOL = 1e-4
+RECORD = REPO / "training" / "tuning.json"  # the shipped model's tuning record (report, verify)
 
 
 def load_net(final_pt: Path, kind: str, n_ch: int, arch: dict) -> torch.nn.Module:
@@ -109,18 +111,6 @@ def git_commit() -> dict:
     return {"commit": git("rev-parse", "HEAD"), "dirty_training": bool(git("status", "--porcelain", "training"))}
 
 
-def _round(obj, nd=4):
-    if isinstance(obj, float):
-        if obj != obj:
-            return None
-        return float(f"{obj:.3g}") if 0 < abs(obj) < 1e-3 else round(obj, nd)
-    if isinstance(obj, dict):
-        return {k: _round(v, nd) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_round(v, nd) for v in obj]
-    return obj
-
-
 def _previous_export(model_dir: Path) -> dict:
     """What the model folder's current manifest says of its networks (sha256, parity, checkpoints, training)."""
     path = model_dir / "manifest.json"
@@ -142,8 +132,8 @@ def _trained_by(training: dict | None) -> dict | None:
 
 def export_all(study, tuning: dict, log=print) -> dict:
     """The shipped choice of ``tuning`` as ONNX networks (parity-checked against torch) and model/manifest.json."""
-    from hieseg.inputs.io import write_json
     from hieseg.engine.manifest import SCHEMA_VERSION, load_manifest, validate_manifest
+    from hieseg.inputs.io import write_json
 
     folds = tuning["folds"]
     cfg = study.config
@@ -232,8 +222,9 @@ def export_all(study, tuning: dict, log=print) -> dict:
         "members": members,
         "fusion": {"threshold": fusion["threshold"], "min_component_mm3": fusion["min_component_mm3"],
                    "empty_case": {"max_probability_below": fusion["empty_max_probability_below"],
-                                  "min_lesion_mm3": fusion["empty_min_lesion_mm3"]}},
-        "provenance": _round({
+                                  "min_lesion_mm3": fusion["empty_min_lesion_mm3"]},
+                   **({"component_filter": fusion["component_filter"]} if fusion.get("component_filter") else {})},
+        "provenance": rounded({
             "status": status,
             # networks kept from an earlier export keep the record of the run that trained them
             "training": {**git_commit(), "command": cfg.command(), "loss": cfg.loss,
@@ -247,17 +238,26 @@ def export_all(study, tuning: dict, log=print) -> dict:
                      "split": "training/splits.json" if not cfg.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},
             "cv_scores": {
-                "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). ensemble: nested, "
-                        "every choice (member variants, TTA, weights, threshold, component and empty rules) made "
-                        "on the other folds before each fold is scored -- the honest estimate (with a single fold, "
-                        "in-sample); in_sample_optimistic: the "
-                        "shipped choice scored on the cases it was chosen on (optimistic). OOF uses one fold "
-                        "network per case; the shipped model averages all folds' networks",
+                "note": "out-of-fold, challenge rules (MASD mean skips cases with an empty mask or truth). ensemble: "
+                        "nested, every choice (members and weights, TTA, threshold, minimum component, component "
+                        "filter) made among the pre-registered candidates of training/pool.json on the pool's "
+                        "objective (rank3: mean rank over Dice, MASD and NSD) on the other folds before each fold "
+                        "is scored -- the honest estimate (with a single fold, in-sample); margins_over_rule: "
+                        "dDice, MASD ratio, dNSD of that figure over the Z-ADC < -2 rule on the same cases; "
+                        "nested_by_objective: the same nesting with another objective (dice: mean Dice alone); "
+                        "in_sample_optimistic: the shipped choice scored on the cases it was chosen on "
+                        "(optimistic). OOF uses one fold network per case; the shipped model averages all folds' "
+                        "networks",
                 "ensemble": scores["nested"] or scores["in_sample"], "baseline_zadc_below_-2": scores["baseline"],
+                "margins_over_rule": tuning.get("margins"),
+                "nested_by_objective": {k: {"overall": v["overall"], "margins": v["margins"]}
+                                        for k, v in (tuning.get("nested_by_objective") or {}).items()},
                 "in_sample_optimistic": scores["in_sample"], "selection_rule": tuning.get("selection_rule"),
+                "nested_choice_spread": tuning.get("nested_choice_spread"),
                 "nested_by_member_set": tuning.get("nested_by_member_set")},
-            "fusion_tuning": {k: fusion[k] for k in ("weights", "mean_dice", "mean_nsd", "n_cases", "tta_min_gain")
-                              if k in fusion},
+            "fusion_tuning": {"weights": fusion["weights"], "choice": fusion.get("label"),
+                              "objective": fusion.get("objective"), "candidate_pool": tuning.get("candidate_pool"),
+                              "n_cases": fusion["n_cases"]},
             "parity_max_abs_ort_vs_torch": parities,
             "torch_checkpoint_sha256": checkpoints,
         }),
@@ -266,6 +266,8 @@ def export_all(study, tuning: dict, log=print) -> dict:
     validate_manifest(json.loads((staged / "manifest.json").read_text()), staged / "manifest.json")  # as written
     m = load_manifest(staged)  # the schema and semantic checks and every member's sha256, before it is published
     publish_model_dir(staged, model_dir)
+    if not cfg.quick:  # the tuning record the manifest's figures come from, written once the model is in place (verify)
+        write_json(tuning, RECORD)
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
     log(f"  manifest OK: {len(m.members)} members, {size / 2**20:.1f} MiB in {model_dir}")
     return manifest

@@ -144,6 +144,31 @@ def _provenance_lines(prov: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _filter_text(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "no component filter"
+    return {"peak": "components whose peak probability is below {v} removed",
+            "distance_to_largest": "components more than {v} mm from the largest one removed",
+            "edge": "components lying within {v} mm of the brain's edge removed"}[f["type"]].format(v=f["value"])
+
+
+def _margin_lines(cv: dict[str, Any]) -> list[str]:
+    """The nested figures' margins over the Z-ADC < -2 rule on the same cases, as the manifest stores them."""
+    def text(m: dict[str, Any]) -> str:
+        return (f"ΔDice {m['delta_dice']:+.3f}, MASD × {_fmt(m.get('masd_ratio'), 2)}, "
+                f"ΔNSD {m['delta_nsd']:+.3f}")
+
+    lines = []
+    if cv.get("margins_over_rule"):
+        lines.append(f"- Nested, objective `{cv.get('selection_rule')}` (shipped): {text(cv['margins_over_rule'])} "
+                     "over the Z-ADC < −2 rule on the same cases.")
+    for name, alt in (cv.get("nested_by_objective") or {}).items():
+        o = alt["overall"]
+        lines.append(f"- Nested, objective `{name}` (reported, not shipped): Dice {_fmt(o.get('dice'))}, MASD "
+                     f"{_fmt(o.get('masd'), 2)} mm, NSD {_fmt(o.get('nsd'))}; {text(alt['margins'])}.")
+    return lines + [""] if lines else []
+
+
 def render_model_card(manifest: dict[str, Any], tuning: dict[str, Any] | None = None,
                       manifest_sha256: str | None = None) -> str:
     """The model card's Markdown text."""
@@ -181,8 +206,9 @@ def render_model_card(manifest: dict[str, Any], tuning: dict[str, Any] | None = 
         "",
         f"An ensemble of {len(manifest.get('members', []))} ONNX networks, probabilities averaged with the weights "
         f"below, then threshold {fusion.get('threshold')}, components under "
-        f"{fusion.get('min_component_mm3')} mm³ removed, and a case-level empty rule "
-        f"(peak probability < {(fusion.get('empty_case') or {}).get('max_probability_below')} → empty).",
+        f"{fusion.get('min_component_mm3')} mm³ removed, {_filter_text(fusion.get('component_filter'))}, and a "
+        f"case-level empty rule (peak probability < "
+        f"{(fusion.get('empty_case') or {}).get('max_probability_below')} → empty; 0 disables it).",
         "",
         *_member_lines(manifest),
         "",
@@ -199,6 +225,7 @@ def render_model_card(manifest: dict[str, Any], tuning: dict[str, Any] | None = 
         "",
         *score_tables(scores),
         "",
+        *_margin_lines((prov.get("cv_scores") or {})),
     ]
     if nested:
         lines += ["### Nested (fusion tuned inside each outer fold: not optimistic by the tuning)", "",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .data import REPO
 
 
@@ -65,53 +63,82 @@ def _m(d: dict | None) -> str:
     return f"{d['dice']:.3f} | {masd} | {d['nsd']:.3f}"
 
 
+def _margins(m: dict | None) -> str:
+    """ΔDice | MASD ÷ rule | ΔNSD over the Z-ADC rule on the same cases, as the tuning record stores them."""
+    if not m:
+        return "– | – | –"
+    ratio = "–" if m.get("masd_ratio") is None else f"{m['masd_ratio']:.2f}"
+    return f"{m['delta_dice']:+.3f} | {ratio} | {m['delta_nsd']:+.3f}"
+
+
+def _filter(c: dict) -> str:
+    f = c.get("component_filter")
+    return "none" if not f else f"{f['type']} {f['value']}"
+
+
 def tuning_section(tuning: dict) -> list[str]:
     """RESULTS.md's generated tables: the nested (honest) figure first, the Z-ADC<-2 rule on the same cases
-    beside it, then what ships, the member-set comparison, strata, folds and every case."""
+    beside it, every row with its three margins over the rule, then what ships, the other objective, the
+    member sets, the choice of each outer fold, strata, folds and every case."""
     folds, f, sc = tuning["folds"], tuning["fusion"], tuning["scores"]
     complete = len(folds) == tuning["n_folds_total"]
     n = f["n_cases"]
+    rule = sc["baseline"]["overall"]
+    pool = tuning.get("candidate_pool") or {}
     kind = "nested cross-validation" if sc["nested"] else "in-sample (a single fold cannot be nested)"
     lines = [f"## Out-of-fold results ({'all' if complete else 'INTERIM: only'} fold(s) {folds}, {n} cases, "
              "challenge scorer's rules)", "",
-             f"Headline: **{kind}** — for each fold, everything chosen on OOF predictions (which trained variant "
-             "of each member ships, TTA flips, fusion weights, threshold, minimum component, empty-case rule) is "
-             "chosen on the other folds only, then scored on that fold. The Z-ADC < −2 rule (inside the brain) is "
-             "scored on the same cases. 'In-sample' is the shipped choice scored on the cases it was chosen on: "
-             "optimistic, for reference only.", "",
-             "| | Dice | MASD (mm) | NSD@2mm | cases |", "|---|---|---|---|---|"]
+             f"Headline: **{kind}** — for each fold, everything chosen on OOF predictions (members and fusion "
+             "weights, TTA, threshold, minimum component, component filter) is chosen among the "
+             f"{pool.get('n_candidates', '?')} candidates pre-registered in `{pool.get('file', 'training/pool.json')}`"
+             f" on the objective `{pool.get('objective', tuning.get('selection_rule'))}` (each candidate's mean rank "
+             "over Dice, MASD and NSD, as the leaderboard ranks teams; `training/selection.py`) using the other "
+             "folds only, then scored on that fold. The Z-ADC < −2 rule (inside the brain) is scored on the same "
+             "cases; every row gives its margins over it. 'In-sample' is the shipped choice scored on the cases "
+             "it was chosen on: optimistic, for reference only.", "",
+             "| | Dice | MASD (mm) | NSD@2mm | cases | ΔDice | MASD ÷ rule | ΔNSD |",
+             "|---|---|---|---|---|---|---|---|"]
     if sc["nested"]:
-        lines.append("| **ensemble, nested** " + _fmt(sc["nested"]["overall"]))
-    lines.append("| Z-ADC < −2 | " + _fmt(sc["baseline"]["overall"])[2:])
-    lines.append("| ensemble, in-sample (optimistic) " + _fmt(sc["in_sample"]["overall"]))
+        lines.append("| **ensemble, nested** " + _fmt(sc["nested"]["overall"])
+                     + f" {_margins(tuning.get('margins'))} |")
+    for name, alt in (tuning.get("nested_by_objective") or {}).items():
+        lines.append(f"| ensemble, nested, objective `{name}` " + _fmt(alt["overall"])
+                     + f" {_margins(alt.get('margins'))} |")
+    lines.append("| Z-ADC < −2 | " + _fmt(rule)[2:] + " – | – | – |")
+    lines.append("| ensemble, in-sample (optimistic) " + _fmt(sc["in_sample"]["overall"])
+                 + f" {_margins(f.get('in_sample_margins'))} |")
     w = ", ".join(f"{m} {v}" for m, v in f["weights"].items())
     flips = ", ".join(f"{m} {v}" for m, v in f["tta_flips"].items())
-    lines += ["", f"Shipped (chosen on all {n} cases): members and weights {w}; TTA flips {flips}; threshold "
-              f"{f['threshold']}, minimum component {f['min_component_mm3']} mm³, empty case when the peak < "
-              f"{f['empty_max_probability_below']} or the volume < {f['empty_min_lesion_mm3']} mm³. A flip ships "
-              f"only if it adds ≥ {f['tta_min_gain']} mean Dice per extra forward pass. OOF maps come from one fold "
-              "network per case; the shipped model averages the five folds' networks (not measurable on these "
-              "cases: every case trained four of them).", ""]
-    by_set = tuning.get("nested_by_member_set") or {}
-    if by_set:
-        lines += ["Member variants, each nested on its own (the headline chooses among them inside the nesting):",
-                  "", "| member set | Dice | MASD (mm) | NSD |", "|---|---|---|---|"]
-        lines += [f"| {name} | {_m(s)} |" for name, s in by_set.items()]
-        lines += [""]
-    for rule, s in (tuning.get("nested_by_other_rule") or {}).items():
-        lines += [f"Selection rule: `{tuning.get('selection_rule')}` (Breiman's one-standard-error rule: among the "
-                  "configurations within one standard error of the best, the least aggressive post-processing; "
-                  f"`training/tune.py`). The same nested procedure with `{rule}` instead: {_m(s)} (Dice | MASD | "
-                  "NSD).", ""]
+    lines += ["", f"Shipped (chosen on all {n} cases, objective `{f.get('objective')}`): members and weights {w}; "
+              f"TTA flips {flips}; threshold {f['threshold']}, minimum component {f['min_component_mm3']} mm³, "
+              f"component filter {_filter(f)}. OOF maps come from one fold network per case; the shipped model "
+              "averages the five folds' networks (not measurable on these cases: every case trained four of them).",
+              ""]
+    spread = tuning.get("nested_choice_spread")
     if tuning.get("nested_per_fold_choice"):
-        lines += ["Choice made for each fold on the other folds:", "",
-                  "| fold | members (weights) | TTA | threshold | min mm³ | empty peak < | empty mm³ < | inner Dice |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["Choice made for each fold on the other folds (inner: its scores on those folds):", "",
+                  "| fold | members (weights) | TTA | threshold | min mm³ | filter | inner Dice | MASD | NSD |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for k, c in tuning["nested_per_fold_choice"].items():
             lines.append(f"| {k} | {', '.join(f'{m} {v}' for m, v in c['weights'].items())} | "
                          f"{'; '.join(f'{m} {v}' for m, v in c['tta_flips'].items())} | {c['threshold']} | "
-                         f"{c['min_component_mm3']} | {c['empty_max_probability_below']} | "
-                         f"{c['empty_min_lesion_mm3']} | {c['inner_mean_dice']:.4f} |")
+                         f"{c['min_component_mm3']} | {_filter(c)} | {_m(c['inner'])} |")
+        lines += [""]
+    if spread:
+        parts = "; ".join(f"{k}: " + ", ".join(f"{v} ×{c}" for v, c in vals.items())
+                          for k, vals in spread.items() if isinstance(vals, dict))
+        lines += [f"Spread of the choice over the {spread['outer_folds']} outer folds: {spread['distinct_choices']} "
+                  f"distinct candidate(s) ({parts}).", ""]
+        for name, alt in (tuning.get("nested_by_objective") or {}).items():
+            a = alt["spread"]
+            lines += [f"With the objective `{name}`: {a['distinct_choices']} distinct candidate(s) over the outer "
+                      f"folds ({'; '.join(f'fold {k}: `{v}`' for k, v in alt['per_fold_choice'].items())}).", ""]
+    by_set = tuning.get("nested_by_member_set") or {}
+    if by_set:
+        lines += ["Member sets, each nested on its own (the headline chooses among them inside the nesting):",
+                  "", "| member set | Dice | MASD (mm) | NSD | ΔDice | MASD ÷ rule | ΔNSD |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {_m(s)} | {_margins(s.get('margins'))} |" for name, s in by_set.items()]
         lines += [""]
     lines += ["| stratum | nested Dice | MASD | NSD | Z-ADC<−2 Dice | MASD | NSD | cases |",
               "|---|---|---|---|---|---|---|---|"]
@@ -142,12 +169,16 @@ def readme_accuracy(tuning: dict) -> str:
     sc = tuning["scores"]
     e = (sc["nested"] or sc["in_sample"])["overall"]
     b, o = sc["baseline"]["overall"], sc["in_sample"]["overall"]
+    m = tuning.get("margins") or {}
     kind = "nested cross-validation" if sc["nested"] else "in-sample"
+    margins = (f" (ΔDice {m['delta_dice']:+.3f}, MASD × {m['masd_ratio']:.2f}, ΔNSD {m['delta_nsd']:+.3f})"
+               if m.get("masd_ratio") is not None else "")
     return (f"Out-of-fold on the {e['n']} training cases ({kind}: every post-processing and ensembling choice made "
-            f"on the other folds), scored with the challenge's rules, it reaches mean Dice {e['dice']:.3f}, MASD "
-            f"{e['masd']:.2f} mm, NSD@2mm {e['nsd']:.3f}, against {b['dice']:.3f} / {b['masd']:.2f} mm / "
-            f"{b['nsd']:.3f} for the classic Z-ADC < −2 rule on the same cases (the shipped choice scored on the "
-            f"cases it was chosen on, optimistic: {o['dice']:.3f} / {o['masd']:.2f} mm / {o['nsd']:.3f}; "
+            f"on the other folds, on the mean rank over Dice, MASD and NSD among pre-registered candidates), scored "
+            f"with the challenge's rules, it reaches mean Dice {e['dice']:.3f}, MASD {e['masd']:.2f} mm, NSD@2mm "
+            f"{e['nsd']:.3f}, against {b['dice']:.3f} / {b['masd']:.2f} mm / {b['nsd']:.3f} for the classic "
+            f"Z-ADC < −2 rule on the same cases{margins} (the shipped choice scored on the cases it was chosen on, "
+            f"optimistic: {o['dice']:.3f} / {o['masd']:.2f} mm / {o['nsd']:.3f}; "
             "[training/RESULTS.md](training/RESULTS.md)).")
 
 

@@ -125,71 +125,113 @@ def oof_cases(study: Study, folds: list[int]) -> list:
 
 
 def tune(study: Study) -> dict[str, Any]:
-    """The shipped choice (made on all OOF cases; its score there is optimistic) and the honest estimate:
-    nested cross-validation of the whole choice, for the full pool and for each member set alone. Writes
-    tuning.json in the workdir and returns it."""
+    """Every OOF choice made among the pre-registered candidates of training/pool.json on the pool's objective
+    (training/selection.py): the shipped choice (made on all OOF cases; its score there is optimistic) and the
+    honest estimate, nested cross-validation of the whole choice, for the pool's objective, its alternatives and
+    each member set alone. Writes tuning.json in the workdir (figures rounded as everywhere) and returns it."""
     from hieseg.evaluation.baseline import baseline_mask
-    from hieseg.lesions import STRATA
     from hieseg.evaluation.metrics import case_metrics
+    from hieseg.lesions import STRATA, burden_stratum
 
+    from . import selection as S
     from . import tune as T
+    from .figures import rounded
 
     folds = [k for k in study.finished_folds() if k in study.selected_folds()]
     if not folds:
         raise TrainingError("no finished fold to tune on: run the cv (or oof) stage first")
     cases = oof_cases(study, folds)
-    pool = sorted(cases[0].per_flip)
-    log.info(f"tuning on {len(cases)} OOF cases of folds {folds}; pool {pool}")
-    grid = T.score_grid(cases, config.TTA_FLIPS, log=log.info)
-    nsd_cache: dict = {}
-    shipped = T.select(grid, range(len(cases)), nsd_cache, log=log.info)
-    choice = shipped["choice"]
-    in_sample = T.case_rows(grid, lambda c: choice)
-    nest = T.nested(grid, nsd_cache, log=log.info) if len(folds) > 1 else None
-    quiet = lambda *_: None  # noqa: E731
-    by_rule = {rule: T.summarise(T.nested(grid, nsd_cache, log=quiet, rule=rule)["rows"])
-               for rule in T.RULES if rule != T.DEFAULT_RULE and len(folds) > 1}
-    by_set = {}
-    for members in T.candidates(pool) if len(folds) > 1 else []:
-        sub = T.restrict(grid, members)
-        by_set["+".join(members)] = T.summarise(T.nested(sub, nsd_cache, log=quiet)["rows"])
+    names = sorted(cases[0].per_flip)
+    pool = S.load_pool()
+    candidates = S.enumerate_candidates(pool, names, list(config.MEMBERS))
+    if not candidates:
+        raise TrainingError(f"no candidate of {S.POOL_FILE.name} can be built from the networks {names}")
+    log.info(f"tuning on {len(cases)} OOF cases of folds {folds}; networks {names}; {len(candidates)} "
+             f"pre-registered candidates ({S.POOL_FILE.name}), objective {pool['objective']}")
+    table = S.score_table(cases, candidates, workers=study.config.threads, log=log.info)
+    case_folds = [c.fold for c in cases]
+    objective = pool["objective"]
+    nestable = len(folds) > 1
+
+    def rows(metrics: np.ndarray) -> list[dict[str, Any]]:
+        return [{"case_id": c.case_id, "fold": c.fold, "stratum": burden_stratum(c.burden), "burden": c.burden,
+                 **dict(zip(S.METRICS, map(float, m)))} for c, m in zip(cases, metrics)]
+
+    def scores(case_rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"overall": T.summarise(case_rows),
+                "per_fold": {str(k): T.summarise([r for r in case_rows if r["fold"] == k]) for k in folds},
+                "per_stratum": {s: T.summarise([r for r in case_rows if r["stratum"] == s]) for s in STRATA}}
+
+    def choice_entry(i: int, on: list[int]) -> dict[str, Any]:
+        m = S.means(table[[i]], on)[0]
+        return {**candidates[i].describe(config.TTA_FLIPS), "label": candidates[i].label(),
+                "inner": dict(zip(S.METRICS, map(float, m)))}
+
+    everything = list(range(len(cases)))
+    shipped = S.choose(table, everything, candidates, objective)
+    in_sample = rows(table[shipped])
+    nested_choice = S.nested(table, case_folds, candidates, objective) if nestable else None
+    nested_rows = rows(S.nested_rows(table, case_folds, nested_choice)) if nestable else None
     baseline = []
     for c in cases:
         raw = study.cases[c.case_id]
-        baseline.append({"case_id": c.case_id, "fold": c.fold, **case_metrics(
-            raw.label, baseline_mask(raw.adc, raw.zadc), raw.spacing_zyx)})
-
-    def scores(rows):
-        return {"overall": T.summarise(rows),
-                "per_fold": {str(k): T.summarise([r for r, c in zip(rows, cases) if c.fold == k]) for k in folds},
-                "per_stratum": {s: T.summarise([r for r, c in zip(rows, in_sample) if c["stratum"] == s])
-                                for s in STRATA}}
-
+        baseline.append({"case_id": c.case_id, "fold": c.fold, "stratum": burden_stratum(c.burden),
+                         "burden": c.burden, **case_metrics(raw.label, baseline_mask(raw.adc, raw.zadc),
+                                                            raw.spacing_zyx)})
+    rule = T.summarise(baseline)
+    alternatives = {}
+    for alt in (pool.get("alternative_objectives") or []) if nestable else []:
+        alt_choice = S.nested(table, case_folds, candidates, alt)
+        alt_rows = rows(S.nested_rows(table, case_folds, alt_choice))
+        alternatives[alt] = {"overall": T.summarise(alt_rows), "margins": S.margins(T.summarise(alt_rows), rule),
+                             "spread": S.spread(alt_choice, candidates),
+                             "per_fold_choice": {str(k): candidates[i].label() for k, i in alt_choice.items()},
+                             "per_case": {r["case_id"]: {k: r[k] for k in S.METRICS} for r in alt_rows},
+                             "in_sample_choice": candidates[S.choose(table, everything, candidates, alt)].label()}
+    by_set = {}
+    for members in sorted({c.members for c in candidates}) if nestable else []:
+        allowed = [c.index for c in candidates if c.members == members]
+        chosen = S.nested(table, case_folds, candidates, objective, allowed)
+        summary = T.summarise(rows(S.nested_rows(table, case_folds, chosen)))
+        by_set["+".join(members)] = {**summary, "margins": S.margins(summary, rule)}
     per_case = [{"case_id": r["case_id"], "fold": r["fold"], "stratum": r["stratum"], "burden": r["burden"],
-                 "nested": ({k: nest["rows"][i][k] for k in ("dice", "masd", "nsd")} if nest else None),
-                 "in_sample": {k: r[k] for k in ("dice", "masd", "nsd")},
-                 "baseline": {k: baseline[i][k] for k in ("dice", "masd", "nsd")}}
+                 "nested": ({k: nested_rows[i][k] for k in S.METRICS} if nestable else None),
+                 "in_sample": {k: r[k] for k in S.METRICS},
+                 "baseline": {k: baseline[i][k] for k in S.METRICS}}
                 for i, r in enumerate(in_sample)]
-    fusion = {**choice.describe(grid.flip_axes), "mean_dice": shipped["mean_dice"],
-              "mean_nsd": shipped["mean_nsd"], "n_cases": len(cases), "tta_min_gain": T.TTA_MIN_GAIN,
-              "groups": shipped["groups"]}
-    result = {"folds": folds, "n_folds_total": len(study.folds), "pool": pool,
-              "sources": {k: str(v.relative_to(REPO) if v.is_relative_to(REPO) else v)
-                          for k, v in study.pool_sources().items()},
-              "fusion": fusion,
-              "scores": {"nested": scores(nest["rows"]) if nest else None, "in_sample": scores(in_sample),
-                         "baseline": scores(baseline)},
-              "nested_per_fold_choice": nest["per_fold_choice"] if nest else None,
-              "nested_by_member_set": by_set, "selection_rule": T.DEFAULT_RULE,
-              "nested_by_other_rule": by_rule, "per_case": per_case}
-    (study.workdir / "tuning.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    b = result["scores"]["baseline"]["overall"]
-    head = result["scores"]["nested" if nest else "in_sample"]["overall"]
-    log.info(f"{'nested' if nest else 'in-sample (one fold: no nesting)'} OOF dice {head['dice']:.4f} "
-             f"masd {head['masd']:.2f} nsd {head['nsd']:.4f} | Z-ADC<-2 dice {b['dice']:.4f} masd {b['masd']:.2f} "
-             f"nsd {b['nsd']:.4f} | shipped choice {fusion['weights']} thr {fusion['threshold']}")
-    for name, sc in by_set.items():
-        log.info(f"  nested, {name} alone: dice {sc['dice']:.4f} masd {sc['masd']:.2f} nsd {sc['nsd']:.4f}")
+    head = T.summarise(nested_rows if nestable else in_sample)
+    fusion = {**candidates[shipped].describe(config.TTA_FLIPS), "label": candidates[shipped].label(),
+              "objective": objective, "n_candidates": len(candidates), "n_cases": len(cases),
+              "in_sample": T.summarise(in_sample), "in_sample_margins": S.margins(T.summarise(in_sample), rule)}
+    result = rounded({
+        "folds": folds, "n_folds_total": len(study.folds), "pool": names,
+        "sources": {k: str(v.relative_to(REPO) if v.is_relative_to(REPO) else v)
+                    for k, v in study.pool_sources().items()},
+        "candidate_pool": {"file": f"training/{S.POOL_FILE.name}", "n_candidates": len(candidates),
+                           "objective": objective, "alternative_objectives": list(alternatives)},
+        "fusion": fusion,
+        "scores": {"nested": scores(nested_rows) if nestable else None, "in_sample": scores(in_sample),
+                   "baseline": scores(baseline)},
+        "margins": S.margins(head, rule),
+        "nested_per_fold_choice": ({str(k): choice_entry(i, [j for j, f in enumerate(case_folds) if f != k])
+                                    for k, i in nested_choice.items()} if nestable else None),
+        "nested_choice_spread": S.spread(nested_choice, candidates) if nestable else None,
+        "nested_by_objective": alternatives, "nested_by_member_set": by_set, "selection_rule": objective,
+        "per_case": per_case})
+    (study.workdir / "tuning.json").write_text(json.dumps(result, indent=1) + "\n")
+    def num(v, spec: str) -> str:
+        return "–" if v is None else format(v, spec)
+
+    b, mg = result["scores"]["baseline"]["overall"], result["margins"]
+    e = result["scores"]["nested" if nestable else "in_sample"]["overall"]
+    log.info(f"{'nested' if nestable else 'in-sample (one fold: no nesting)'} OOF dice {num(e['dice'], '.4f')} "
+             f"masd {num(e['masd'], '.2f')} nsd {num(e['nsd'], '.4f')} | Z-ADC<-2 dice {num(b['dice'], '.4f')} "
+             f"masd {num(b['masd'], '.2f')} nsd {num(b['nsd'], '.4f')} | margins dDice {num(mg['delta_dice'], '+.4f')} "
+             f"MASD x{num(mg['masd_ratio'], '.3f')} dNSD {num(mg['delta_nsd'], '+.4f')} | shipped {fusion['label']}")
+    for name, sc in [*((f"objective {k}", v["overall"]) for k, v in result["nested_by_objective"].items()),
+                     *((f"{k} alone", v) for k, v in by_set.items())]:
+        log.info(f"  nested, {name}: dice {num(sc['dice'], '.4f')} masd {num(sc.get('masd'), '.2f')} "
+                 f"nsd {num(sc['nsd'], '.4f')}")
     return result
 
 
