@@ -227,9 +227,12 @@ def export_all(study, tuning: dict, log=print) -> dict:
         "provenance": rounded({
             "status": status,
             # networks kept from an earlier export keep the record of the run that trained them
-            "training": {**git_commit(), "command": cfg.command(), "loss": cfg.loss,
-                         "intensity": cfg.intensity, "torch": torch.__version__, "members": trained,
-                         "previous_training": previous["training"] if reused else None},
+            # every network kept from the earlier export: no run trained anything here, so the record of the run
+            # that trained them stays as it is (this workdir's settings are not theirs)
+            "training": previous["training"] if previous["training"] and len(reused) == len(members) else
+            {**git_commit(), "command": cfg.command(), "loss": cfg.loss,
+             "intensity": cfg.intensity, "torch": torch.__version__, "members": trained,
+             "previous_training": previous["training"] if reused else None},
             "manifest_written": {**git_commit(), "tree": tree,
                                  "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
