@@ -66,7 +66,7 @@ def score_tables(scores: dict[str, Any]) -> list[str]:
     for variant, s in scores.items():
         if not isinstance(s, dict):
             continue
-        overall = s.get("overall", s if "dice" in s else None)
+        overall = s.get("overall", s if isinstance(s.get("dice"), (int, float)) else None)
         if overall is None:
             continue
         lines.append(_score_row(variant, "all", overall))
@@ -149,7 +149,15 @@ def _filter_text(f: dict[str, Any] | None) -> str:
         return "no component filter"
     return {"peak": "components whose peak probability is below {v} removed",
             "distance_to_largest": "components more than {v} mm from the largest one removed",
-            "edge": "components lying within {v} mm of the brain's edge removed"}[f["type"]].format(v=f["value"])
+            "edge": "components whose deepest voxel lies within {v} mm of the brain's edge removed"}[f["type"]].format(v=f["value"])
+
+
+def _empty_text(empty: dict[str, Any]) -> str:
+    peak, volume = empty.get("max_probability_below") or 0, empty.get("min_lesion_mm3") or 0
+    if not peak and not volume:
+        return "no case-level empty rule"
+    return (f"a case-level empty rule (empty when the peak probability is below {peak} or under {volume} mm³ "
+            "remain; 0 disables either)")
 
 
 def _margin_lines(cv: dict[str, Any]) -> list[str]:
@@ -205,10 +213,11 @@ def render_model_card(manifest: dict[str, Any], tuning: dict[str, Any] | None = 
         "## Model",
         "",
         f"An ensemble of {len(manifest.get('members', []))} ONNX networks, probabilities averaged with the weights "
-        f"below, then threshold {fusion.get('threshold')}, components under "
-        f"{fusion.get('min_component_mm3')} mm³ removed, {_filter_text(fusion.get('component_filter'))}, and a "
-        f"case-level empty rule (peak probability < "
-        f"{(fusion.get('empty_case') or {}).get('max_probability_below')} → empty; 0 disables it).",
+        f"below, then threshold {fusion.get('threshold')}, "
+        + (f"components under {fusion['min_component_mm3']} mm³ removed" if fusion.get("min_component_mm3")
+           else "no minimum component size")
+        + f", {_filter_text(fusion.get('component_filter'))}, and "
+        f"{_empty_text(fusion.get('empty_case') or {})}.",
         "",
         *_member_lines(manifest),
         "",
