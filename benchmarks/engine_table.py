@@ -1,6 +1,7 @@
 """One run, one table (issue 23): the same real cases through ``hieseg predict`` with ONNX Runtime's CPU provider
 (f32, the reference), native OpenVINO f32, native OpenVINO bf16 and the fast mode (auto + --fast), each in its own
-process under /usr/bin/time -v; seconds per case, peak RSS, masks against the reference, and the challenge's
+process under /usr/bin/time -v; seconds per case, peak RSS, the FLOP rate as a fraction of this machine's matrix
+multiply peak at that row's precision (benchmarks/gemm_peak.py), masks against the reference, and the challenge's
 metrics against the labels.
 
     .venv/bin/python benchmarks/engine_table.py --cases 12 --json benchmarks/results/engines-12cases.json \
@@ -20,6 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from realdata import real_cases_dir  # noqa: E402
 
@@ -27,6 +29,10 @@ from hieseg.evaluation.metrics import case_metrics, nanmean  # noqa: E402
 from hieseg.inputs.cases import find_cases  # noqa: E402
 from hieseg.inputs.io import read_image  # noqa: E402
 
+PRECISION = {  # the GEMM peak each row is compared against
+    "ORT CPU f32 (--device cpu)": "f32", "OpenVINO f32": "f32",
+    "OpenVINO bf16 (auto, the default here)": "bf16", "fast: OpenVINO bf16, no flip TTA (--fast)": "bf16"}
+FAST = "fast: OpenVINO bf16, no flip TTA (--fast)"
 CONFIGS = {
     "ORT CPU f32 (--device cpu)": ["--device", "cpu"],
     "OpenVINO f32": ["--device", "openvino", "--precision", "f32"],
@@ -52,6 +58,37 @@ def run(config: list[str], case_list: Path, out: Path) -> dict:
             "mean_s_per_case": statistics.fmean(per_case), "engine": reports[0]["engine"]}
 
 
+def case_gflop(cases, fast: bool) -> dict[str, float]:
+    """GFLOP per case (2 x MACs of every Conv / ConvTranspose / MatMul at the input shapes the runtime feeds, TTA
+    passes included; ``fast``: identity only), counted from the shipped ONNX graphs (benchmarks/graph_flops.py)."""
+    import onnx
+    from bench_inference import forward_items
+    from graph_flops import flops
+
+    from hieseg.engine import preprocess
+    from hieseg.engine.ensemble import prepared_inputs
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.inputs.validate import load_pair
+
+    manifest = load_manifest(None)
+    signature = {m.name: tuple(tuple(i.dims) for i in onnx.load(str(m.path)).graph.initializer)
+                 for m in manifest.members}
+    cache: dict[tuple, int] = {}
+    out = {}
+    for case in cases:
+        adc, zadc, geometry = load_pair(case.adc, case.zadc)
+        crop = preprocess.crop_to_brain(adc, geometry.spacing_zyx, manifest.crop_margin_mm)
+        total = 0
+        for m, prepared, _ in prepared_inputs(manifest.members, adc, zadc, geometry.spacing_zyx, crop):
+            for shape, count in forward_items(m, prepared.image):
+                key = (signature[m.name], shape)
+                if key not in cache:
+                    cache[key] = flops(m.path, shape)
+                total += cache[key] * count * (1 if fast else max(len(m.tta_flips), 1))
+        out[case.case_id] = total / 1e9
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=12)
@@ -74,6 +111,16 @@ def main() -> None:
                   for c in cases]
         rows[name].update({k: nanmean(s[k] for s in scores) for k in ("dice", "masd", "nsd")})
         rows[name]["per_case_dice"] = {c.case_id: s["dice"] for c, s in zip(cases, scores)}
+    from gemm_peak import gemm_peak
+
+    peaks = {p: gemm_peak(p, 2) for p in ("f32", "bf16")}
+    gflop = {False: case_gflop(cases, False), True: case_gflop(cases, True)}
+    for name, row in rows.items():
+        per_case = gflop[name == FAST]
+        row["gflop_per_case_median"] = statistics.median(per_case.values())
+        row["gflops"] = row["gflop_per_case_median"] / row["median_s_per_case"]
+        row["gemm_peak"] = peaks[PRECISION[name]]
+        row["fraction_of_peak"] = row["gflops"] / peaks[PRECISION[name]]["gflops"]
     ref = next(iter(CONFIGS))
     lesion = sum(int(m.sum()) for m in masks[ref].values())
     for name, row in rows.items():
@@ -83,20 +130,26 @@ def main() -> None:
         row["max_case_dice_delta"] = max(abs(row["per_case_dice"][c] - rows[ref]["per_case_dice"][c])
                                          for c in masks[ref])
         row["speedup_vs_cpu"] = rows[ref]["median_s_per_case"] / row["median_s_per_case"]
-    result = {"cases": [c.case_id for c in cases], "reference": ref, "rows": rows,
+    result = {"cases": [c.case_id for c in cases], "reference": ref, "rows": rows, "gemm_peak": peaks,
               "command": f"python benchmarks/engine_table.py --cases {args.cases}"}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     table = [f"One run on {len(cases)} real cases, 2 threads, this machine's Xeon (AMX-BF16); generated by "
              f"`{result['command']}` ({args.json.name if args.json else 'no JSON'}). Dice / MASD / NSD are the "
              "whole ensemble on its own training cases (in-sample): they compare the engines with each other, not "
-             "the model with unseen data (training/RESULTS.md has the nested figures).", "",
-             "| engine | s/case (median) | speed-up vs --device cpu | peak RSS GiB | masks vs --device cpu "
-             "(voxels / share of lesion voxels) | max per-case ΔDice | Dice | MASD mm | NSD |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "the model with unseen data (training/RESULTS.md has the nested figures). Fraction of peak: the "
+             "case's FLOPs (counted from the ONNX graphs at the shapes the runtime feeds) over its seconds, against "
+             f"an OpenVINO MatMul on the same 2 threads at the row's precision: f32 {peaks['f32']['gflops']} GFLOP/s, "
+             f"bf16 {peaks['bf16']['gflops']} GFLOP/s (`benchmarks/gemm_peak.py`). The seconds include reading, "
+             "resampling and post-processing, so the fraction is a lower bound on the networks' own.", "",
+             "| engine | s/case (median) | speed-up vs --device cpu | peak RSS GiB | GFLOP/case | fraction of the "
+             "GEMM peak | masks vs --device cpu (voxels / share of lesion voxels) | max per-case ΔDice | Dice | "
+             "MASD mm | NSD |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         table.append(f"| {name} | {r['median_s_per_case']:.2f} | {r['speedup_vs_cpu']:.2f}× | "
-                     f"{r['peak_rss_gib']:.2f} | {r['voxels_differing']} / {100 * r['share_of_lesion_voxels']:.3f} % | "
+                     f"{r['peak_rss_gib']:.2f} | {r['gflop_per_case_median']:.0f} | {100 * r['fraction_of_peak']:.0f} % "
+                     f"({PRECISION[name]}) | {r['voxels_differing']} / {100 * r['share_of_lesion_voxels']:.3f} % | "
                      f"{r['max_case_dice_delta']:.4f} | {r['dice']:.4f} | {r['masd']:.3f} | {r['nsd']:.4f} |")
     text = "\n".join(table)
     print(text)
