@@ -44,7 +44,8 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     (lambda m: m["fusion"].update(threshold=0), r"fusion\.threshold: 0"),  # would mark the whole background
     (lambda m: m["fusion"].update(component_filter={"type": "size", "value": 3}),
      r"fusion\.component_filter\.type: expected one of \['peak', 'distance_to_largest', 'edge'\]"),
-    (lambda m: m["fusion"].update(component_filter={"type": "peak"}), r"fusion\.component_filter: missing required 'value'"),
+    (lambda m: m["fusion"].update(component_filter={"type": "peak"}),
+     r"fusion\.component_filter: missing required 'value'"),
     (lambda m: m["members"][0].update(target_spacing_zyx=[1.0, 1.0]), r"target_spacing_zyx: expected 3 items"),
 ])
 def test_malformed_manifests_name_the_problem(tmp_path, toy_model, edit, message):

@@ -105,7 +105,8 @@ def test_filters_give_the_same_mask_on_any_box_holding_the_brain(flt):
 
 def test_a_filter_can_empty_the_case_and_the_volume_rule_counts_only_what_it_keeps():
     prob, brain = _case(1)
-    assert not postprocess(prob, brain, SPACING, MaskRule(0.3, 0.0, component_filter=ComponentFilter("peak", 1.1))).any()
+    nothing_passes = MaskRule(0.3, 0.0, component_filter=ComponentFilter("peak", 1.1))
+    assert not postprocess(prob, brain, SPACING, nothing_passes).any()
     # the volume rule (lesion-free below N mm3) sees only the filtered components
     kept = postprocess(prob, brain, SPACING, MaskRule(0.3, 0.0, component_filter=ComponentFilter("peak", 0.8)))
     volume = kept.sum() * float(np.prod(SPACING))

@@ -1,15 +1,18 @@
-"""Fusion tuning on out-of-fold probabilities, and its honest score by nested cross-validation.
+"""The earlier Dice-only fusion grid and its nested cross-validation, kept for the research probes
+(training/probes/), whose committed records were made with it. The pipeline's ``tune`` stage no longer uses it:
+since issue 26 every OOF choice is made among the pre-registered candidates of training/pool.json on the mean rank
+over Dice, MASD and NSD (training/selection.py). ``CaseData`` (one OOF case cropped to its brain) and
+``summarise`` serve both.
 
-Everything chosen on OOF predictions is chosen here, by one function (``select``): which trained variant of each
-member ships (pool names ``<member>@<source>``, e.g. a GPU-trained and a CPU-trained 3D member), each member's TTA
-flips, the fusion weights (a vector over the members), the threshold, the minimum component size and the case-level
-empty rule. The objective is mean Dice under the challenge's rules, a flip must earn ``TTA_MIN_GAIN`` per extra
-forward pass, and mean NSD breaks near-ties.
+Here, ``select`` chose which trained variant of each member ships (pool names ``<member>@<source>``), each
+member's TTA flips, the fusion weights, the threshold, the minimum component size and the case-level empty rule,
+on mean Dice under the challenge's rules; a flip had to earn ``TTA_MIN_GAIN`` per extra forward pass, and mean
+NSD broke near-ties.
 
 ``score_grid`` computes every case's Dice for every point of the grid once (components are labelled once per
 fused map and threshold; the component filter and empty rules are vectorised), so choosing on any subset of the
 cases is cheap. ``nested`` then chooses on the other folds and scores the choice on each held-out fold: the
-honest estimate. ``select`` on all cases gives what ships; its own score on those cases is in-sample (optimistic).
+honest estimate. ``select`` on all cases gave what shipped; its own score on those cases is in-sample (optimistic).
 """
 
 from __future__ import annotations
