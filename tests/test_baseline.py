@@ -1,4 +1,5 @@
-"""``hieseg baseline``: Z-ADC < -2 inside the brain, for every supported layout, one failing case not stopping others."""
+"""``hieseg baseline``: Z-ADC < -2 inside the brain, for every supported layout, one failing case not stopping
+others."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def _bonbid(root, case_ids, bad=()):
         if case_id in bad:
             zadc = zadc[:-1]
         write_image(adc, GEOMETRY, root / "1ADC_ss" / f"{case_id}-VISIT_01-ADC_ss.mha")
-        geometry = GEOMETRY if zadc.shape == SHAPE else Geometry((18, 16, 5), GEOMETRY.spacing, GEOMETRY.origin, GEOMETRY.direction)
+        geometry = GEOMETRY if zadc.shape == SHAPE else Geometry((18, 16, 5), GEOMETRY.spacing, GEOMETRY.origin,
+                                                                 GEOMETRY.direction)
         write_image(zadc, geometry, root / "2Z_ADC" / f"Zmap_{case_id}-VISIT_01-ADC_smooth2mm_clipped10.mha")
 
 

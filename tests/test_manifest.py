@@ -33,12 +33,15 @@ def test_checksum_mismatch_is_refused(tmp_path, toy_model):
     (lambda m: m.update(schema_version=99), "schema_version"),
     (lambda m: m["members"][0].update(kind="4d"), "kind"),
     (lambda m: m["members"][1].update(target_spacing_zyx=[2.0, 1.0, 1.0]), "2d member keeps native slices"),
-    (lambda m: m["members"][0]["channels"].append({"source": "t2"}), r"members\[0\]\.channels\[2\]: missing required 'transform'; members\[0\]\.channels\[2\]\.source: expected one of"),
+    (lambda m: m["members"][0]["channels"].append({"source": "t2"}),
+     r"members\[0\]\.channels\[2\]: missing required 'transform'; "
+     r"members\[0\]\.channels\[2\]\.source: expected one of"),
     (lambda m: m["members"][0].update(file="missing.onnx"), "not found"),
     (lambda m: m.pop("fusion"), "missing required 'fusion'"),
     (lambda m: m["members"][0].update(patch_size=[8]), r"members\[0\]\.patch_size: expected 2\.\.3 items, got 1"),
     (lambda m: m["members"][0].update(patch_size=[8, 8]), "patch_size and divisible_by need 3 entries"),  # semantic
-    (lambda m: m["members"][0]["tta_flips"].append([3]), r"members\[0\]\.tta_flips\[\d\]\[0\]: 3 is above the maximum 2"),
+    (lambda m: m["members"][0]["tta_flips"].append([3]),
+     r"members\[0\]\.tta_flips\[\d\]\[0\]: 3 is above the maximum 2"),
     (lambda m: m["members"][0].update(weight="heavy"), r"members\[0\]\.weight: expected number"),
     (lambda m: m["fusion"].update(threshold=1.5), r"fusion\.threshold: 1\.5 is above the maximum 1"),
     (lambda m: m["fusion"].update(threshold=0), r"fusion\.threshold: 0"),  # would mark the whole background

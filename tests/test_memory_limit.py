@@ -152,27 +152,56 @@ def test_estimate_grows_with_the_grid_and_spacing():
     assert memory.estimate_case_bytes(big, (0.25,) * 3) >= memory.NATIVE_BYTES_PER_VOXEL * 600 * 1024 * 1024
 
 
+def _by_kind(grids) -> dict:
+    return {tiling.kind: grid for tiling, grid in grids}
+
+
 def test_member_grids_follow_the_domain_guard():
-    grids = memory.member_grids(*HUGE)
+    grids = _by_kind(memory.member_grids(*HUGE))
     # 0.5 mm runs at 2 / 1.25 / 1.25 mm (2D) and 1.375 mm in-plane (3D), over at most 176 mm of brain box
     assert grids["2d"] == (75, 141, 141) and grids["3d"] == (75, 128, 128)
-    assert memory.member_grids(*HUGE, crop_extent_mm=None)["2d"] == (75, 205, 205)
-    coarse = memory.member_grids((10, 50, 50), (10.0, 3.0, 3.0))  # coarser than the domain: refined
+    assert _by_kind(memory.member_grids(*HUGE, crop_extent_mm=None))["2d"] == (75, 205, 205)
+    coarse = _by_kind(memory.member_grids((10, 50, 50), (10.0, 3.0, 3.0)))  # coarser than the domain: refined
     assert coarse["2d"] == (17, 75, 75)
-    assert memory.member_grids((10, 64, 64), (10.0, 3.0, 3.0))["2d"] == (17, 88, 88)  # 192 mm: the box caps it
-    assert memory.member_grids((5, 6, 7), None) == {"2d": (5, 6, 7), "3d": (5, 6, 7)}
+    # 192 mm: the box caps it
+    assert _by_kind(memory.member_grids((10, 64, 64), (10.0, 3.0, 3.0)))["2d"] == (17, 88, 88)
+    assert _by_kind(memory.member_grids((5, 6, 7), None)) == {"2d": (5, 6, 7), "3d": (5, 6, 7)}
 
 
-def test_spacing_range_matches_the_default_domain():
-    from hieseg.inputs.domain import DEFAULT_DOMAIN
+def test_the_estimate_reads_the_bundled_manifest():
+    """Tiling, target spacing and spacing range come from model/manifest.json, one Tiling per distinct entry."""
+    from hieseg.engine.manifest import load_manifest
 
-    assert tuple(DEFAULT_DOMAIN["spacing_zyx_mm"]["min"]) == memory.SPACING_MIN_ZYX
-    assert tuple(DEFAULT_DOMAIN["spacing_zyx_mm"]["max"]) == memory.SPACING_MAX_ZYX
+    manifest = load_manifest(verify=False)
+    model = memory.bundled_memory_model()
+    assert model == memory.memory_model(manifest)
+    assert model.spacing_min_zyx == manifest.domain.spacing_min_zyx
+    assert model.spacing_max_zyx == manifest.domain.spacing_max_zyx
+    assert {(t.kind, t.patch_size, t.batch_size) for t in model.tilings} == {
+        (m.kind, m.patch_size, m.batch_size) for m in manifest.members}
+
+
+def _model(patch_3d=(64, 256, 256), batch_2d=16, spacing_3d=1.375) -> "memory.MemoryModel":
+    """A model described by hand (two tilings, the default domain's spacing range)."""
+    return memory.MemoryModel(
+        (memory.Tiling("3d", (None, spacing_3d, spacing_3d), patch_3d, (4, 8, 8), 1),
+         memory.Tiling("2d", (None, None, None), (256, 256), (16, 16), batch_2d)),
+        (2.0, 1.25, 1.25), (6.0, 2.0, 2.0))
 
 
 def test_tiles_never_exceed_the_patches():
-    tiles = memory.tile_voxels(memory.member_grids((2000, 2000, 2000), (1.0,) * 3, crop_extent_mm=None))
-    assert tiles["3d"] == 64 * 256 * 256 and tiles["2d"] == 16 * 256 * 256
+    for tiling, grid in memory.member_grids((2000, 2000, 2000), (1.0,) * 3, crop_extent_mm=None, model=_model()):
+        expected = 64 * 256 * 256 if tiling.kind == "3d" else 16 * 256 * 256
+        assert memory.tile_voxels(tiling, grid) == expected
+
+
+def test_the_estimate_follows_the_manifest_tiling():
+    """A model with larger 2D batches or a finer 3D spacing needs more; the same description, the same figure."""
+    base = memory.estimate_case_bytes(*HUGE, model=_model())
+    assert base == memory.estimate_case_bytes(*HUGE)  # the hand description = the shipped manifest's
+    assert memory.estimate_case_bytes(*HUGE, model=_model(batch_2d=64)) > base
+    assert memory.estimate_case_bytes(*HUGE, model=_model(spacing_3d=0.75)) > base
+    assert memory.estimate_case_bytes(*HUGE, model=_model(patch_3d=(32, 64, 64))) <= base
 
 
 @pytest.mark.parametrize("shape, spacing", [((0, 1, 1), None), ((1, 2), None), ((2, 2, 2), (1.0, 0.0, 1.0)),

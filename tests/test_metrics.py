@@ -122,7 +122,8 @@ def _scorer_revert(sitk_spacing_xyz):
 
 
 def test_scorer_spacing_is_the_scorers_revert():
-    # MGHNICU_028-like grid: 4 mm slices, anisotropic in-plane pixels. SimpleITK spacing (x, y, z) = (1.4733, 1.5625, 4).
+    # MGHNICU_028-like grid: 4 mm slices, anisotropic in-plane pixels.
+    # SimpleITK spacing (x, y, z) = (1.4733, 1.5625, 4).
     sitk_xyz = (1.4733, 1.5625, 4.0)
     spacing_zyx = sitk_xyz[::-1]
     assert scorer_spacing(spacing_zyx, "scorer") == (4.0, 1.4733, 1.5625) == tuple(_scorer_revert(sitk_xyz))

@@ -96,7 +96,8 @@ def test_export_refuses_a_dirty_tree_unless_allowed(tmp_path):
     assert check_clean_tree(False, repo)["dirty"] is False
     (repo / "hieseg/io.py").write_text("changed\n")
     (repo / "training/new_idea.py").write_text("untracked\n")
-    with pytest.raises(DirtyTreeError, match=r"uncommitted changes .*hieseg/io.py, training/new_idea.py.*--allow-dirty"):
+    with pytest.raises(DirtyTreeError,
+                       match=r"uncommitted changes .*hieseg/io.py, training/new_idea.py.*--allow-dirty"):
         check_clean_tree(False, repo)
     record = check_clean_tree(True, repo)
     assert record["dirty"] is True and record["allow_dirty"] is True

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from monai.networks.nets import BasicUNetPlusPlus, DynUNet
+from torch import nn
 
 
 class SCSE(nn.Module):

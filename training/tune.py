@@ -305,8 +305,8 @@ def select(grid: Grid, on: Sequence[int], nsd_cache: dict | None = None, log: Ca
 
 
 def case_rows(grid: Grid, choice_of: Callable[[CaseData], Choice]) -> list[dict]:
-    from hieseg.lesions import burden_stratum
     from hieseg.evaluation.metrics import case_metrics
+    from hieseg.lesions import burden_stratum
 
     rows = []
     for case in grid.cases:

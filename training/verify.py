@@ -25,7 +25,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import config
 from .data import REPO
 from .study import TrainingError, load_study, make_config, open_workdir
 

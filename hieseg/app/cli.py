@@ -254,12 +254,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_grand_challenge(args: argparse.Namespace) -> int:
     """One case from INPUT's Grand Challenge layout to its output socket under OUTPUT (gc_interface.GC_OUTPUT)."""
     from hieseg.app.pipeline import Segmenter, check_case_memory
+    from hieseg.engine.manifest import load_manifest
+    from hieseg.engine.memory import memory_model
     from hieseg.inputs.cases import grand_challenge_case
 
     case = grand_challenge_case(args.input)
     outputs = case_outputs(case, args.output)
     _preflight(args.output, [outputs])
-    check_case_memory(case, on_gpu=True)  # before the model loads: a case that cannot fit is refused in seconds
+    # before the sessions load (the manifest only): a case that cannot fit is refused in seconds
+    check_case_memory(case, on_gpu=True, model=memory_model(load_manifest(args.model, verify=False)))
     segmenter = Segmenter(args.model, args.device, args.gpu_mem_limit, args.threads, args.precision, args.fast)
     report = segmenter.write_outputs(segmenter.segment_case(case), outputs)
     log.info("lesion %.3f mL (%s of brain, %s), %d component(s); %.2f s", report["lesion_volume_ml"],

@@ -30,7 +30,7 @@ from hieseg.engine.ensemble import (
     run_ensemble,
 )
 from hieseg.engine.manifest import Manifest, load_manifest
-from hieseg.engine.memory import GIB, check_fits, estimate_case_bytes, memory_limit
+from hieseg.engine.memory import GIB, MemoryModel, check_fits, estimate_case_bytes, memory_limit, memory_model
 from hieseg.engine.postprocess import postprocess
 from hieseg.engine.providers import CUDA, ProviderPlan, default_threads, gpu_versions, provider_plan
 from hieseg.files import OutputSet
@@ -98,13 +98,14 @@ def image_grid(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, fl
             tuple(float(v) for v in reversed(spacing)))
 
 
-def check_case_memory(case: Case, on_gpu: bool = False) -> dict[str, Any]:
+def check_case_memory(case: Case, on_gpu: bool = False, model: MemoryModel | None = None) -> dict[str, Any]:
     """Refuse a case that cannot fit before its voxels are read: each image's grid from its header, its
     estimated peak (hieseg.engine.memory) against the memory limit; raises CaseTooLarge, one line naming the
     file, its grid, the estimate and the limit. Returns the report's memory figures (GiB; None: unknown).
 
-    Needs no model: ``inference.py`` calls it before the sessions are built (``on_gpu=True``, the smaller
-    estimate, refuses in seconds what cannot fit on any provider), ``segment_case`` again on its provider."""
+    Needs no sessions, only the manifest's view of the members (``model``; default: the bundled model's):
+    ``inference.py`` calls it before the sessions are built (``on_gpu=True``, the smaller estimate, refuses in
+    seconds what cannot fit on any provider), ``segment_case`` again on its provider."""
     found = memory_limit()
     limit, source = found if found is not None else (None, None)
     need = None
@@ -112,7 +113,7 @@ def check_case_memory(case: Case, on_gpu: bool = False) -> dict[str, Any]:
         grid = image_grid(Path(path))
         if grid is None:
             continue  # an unreadable header: reading the image says why
-        need = max(need or 0, check_fits(*grid, limit, path=path, limit_source=source, on_gpu=on_gpu))
+        need = max(need or 0, check_fits(*grid, limit, path=path, limit_source=source, on_gpu=on_gpu, model=model))
     return {"estimate_gib": _gib(need), "limit_gib": _gib(limit), "limit_source": source}
 
 
@@ -194,7 +195,7 @@ class Segmenter:
 
     def check_memory(self, case: Case) -> dict[str, Any]:
         """``check_case_memory`` on this Segmenter's provider (activations in GPU memory on CUDA)."""
-        return check_case_memory(case, on_gpu=self.plan.provider == CUDA)
+        return check_case_memory(case, on_gpu=self.plan.provider == CUDA, model=memory_model(self.manifest))
 
     def segment_case(self, case: Case) -> CaseResult:
         """One case from its files to mask, probability and report statistics (its memory checked first)."""
@@ -281,7 +282,8 @@ class Segmenter:
             found = memory_limit()
             memory["estimate_gib"] = _gib(estimate_case_bytes(result.geometry.shape_zyx,
                                                               result.geometry.spacing_zyx,
-                                                              on_gpu=self.plan.provider == CUDA))
+                                                              on_gpu=self.plan.provider == CUDA,
+                                                              model=memory_model(self.manifest)))
             memory["limit_gib"], memory["limit_source"] = ((None, None) if found is None
                                                            else (_gib(found[0]), found[1]))
         return {"peak_rss_gib": _gib(peak_rss_bytes()), **memory}

@@ -5,10 +5,12 @@ half-written output (issue 24, item 3). Pure functions:
 
 - ``memory_limit_bytes()``: the smallest of the cgroup limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``,
   also along this process's own cgroup path), the RLIMIT_AS / RLIMIT_DATA soft limits and the physical memory.
-- ``estimate_case_bytes(shape_zyx, spacing_zyx)``: a conservative (upper-bound) estimate of the peak resident
-  memory of one case, from its grid alone (the image header): the model and interpreter, plus the larger of two
-  phases: reading (the ADC, the Z-ADC and SimpleITK's copy of it while it is read) and running (the full-resolution
-  arrays kept, each member's work on the model grid, and ONNX Runtime's activations for the largest tile).
+- ``estimate_case_bytes(shape_zyx, spacing_zyx, model=memory_model(manifest))``: a conservative (upper-bound)
+  estimate of the peak resident memory of one case, from its grid alone (the image header) and the model's
+  members as its manifest describes them (tiling, target spacing, domain): the model and interpreter, plus the
+  larger of two phases: reading (the ADC, the Z-ADC and SimpleITK's copy of it while it is read) and running (the
+  full-resolution arrays kept, each member's work on the model grid, and ONNX Runtime's activations for the
+  largest tile).
 - ``check_fits(shape_zyx, spacing_zyx, limit)``: raises ``CaseTooLarge`` (an ``InputError`` and a
   ``MemoryError``) with one line naming the grid, its voxels, the estimate and the limit.
 
@@ -40,9 +42,12 @@ import logging
 import math
 import os
 import resource
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from hieseg.engine.manifest import Manifest, load_manifest
 from hieseg.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -93,18 +98,11 @@ MODEL_GRID_BYTES_PER_VOXEL = 48
 ACTIVATION_BYTES_PER_VOXEL_3D = 768
 ACTIVATION_BYTES_PER_VOXEL_2D = 2816
 
-# Tiling of the shipped members (model/manifest.json): tiles never exceed these, whatever the grid.
-PATCH_3D_ZYX = (64, 256, 256)
-DIVISIBLE_3D_ZYX = (4, 8, 8)
-PATCH_2D_YX = (256, 256)
-DIVISIBLE_2D_YX = (16, 16)
-BATCH_2D = 16
-SPACING_3D_YX = 1.375  # the 3D members' in-plane target spacing (mm); their z, and the 2D members, as planned
-
-# The training domain's spacing range (= hieseg.inputs.domain.DEFAULT_DOMAIN): the domain guard runs every member
-# at the nearest spacing inside it, so a finer grid is coarsened and a coarser one refined.
-SPACING_MIN_ZYX = (2.0, 1.25, 1.25)
-SPACING_MAX_ZYX = (6.0, 2.0, 2.0)
+# The tiling (patch, padding, batch, target spacing) of each member kind and the training domain's spacing range
+# come from the model's manifest (``memory_model``): the domain guard runs every member at the nearest spacing
+# inside that range, so a finer grid is coarsened and a coarser one refined. Only the activation figures above
+# are per architecture (kind), measured on the shipped networks.
+ACTIVATION_BYTES_PER_VOXEL = {"3d": ACTIVATION_BYTES_PER_VOXEL_3D, "2d": ACTIVATION_BYTES_PER_VOXEL_2D}
 
 # The members see the brain's bounding box plus the crop margin (8 mm), never more of the field of view. Over the
 # 40 training cases that box spans at most 120 / 143 / 126 mm (z / y / x; medians 106 / 132 / 110 mm); the
@@ -118,6 +116,42 @@ CALIBRATION: dict[str, dict[str, object]] = {
     "real_MGHNICU_014": {"shape_zyx": (23, 128, 128), "spacing_zyx": (4.0, 1.5625, 1.5625), "peak_mib": 631},
     "huge_512x512x300_0.5mm": {"shape_zyx": (300, 512, 512), "spacing_zyx": (0.5, 0.5, 0.5), "peak_mib": 1455},
 }
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How members of one kind run, as far as memory goes (from their manifest entries): the spacing they
+    resample to (None: the guard's spacing on that axis), the tile, its padding and the tiles (3d) or slices (2d)
+    per forward pass."""
+
+    kind: str
+    target_spacing_zyx: tuple[float | None, float | None, float | None]
+    patch_size: tuple[int, ...]
+    divisible_by: tuple[int, ...]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """What the estimate needs to know of a model: its members' distinct tilings and its domain's spacing range."""
+
+    tilings: tuple[Tiling, ...]
+    spacing_min_zyx: tuple[float, float, float]
+    spacing_max_zyx: tuple[float, float, float]
+
+
+def memory_model(manifest: Manifest) -> MemoryModel:
+    """The estimate's view of ``manifest``: one Tiling per distinct member tiling, in member order."""
+    tilings: dict[Tiling, None] = {}
+    for m in manifest.members:
+        tilings[Tiling(m.kind, m.target_spacing_zyx, m.patch_size, m.divisible_by, m.batch_size)] = None
+    return MemoryModel(tuple(tilings), manifest.domain.spacing_min_zyx, manifest.domain.spacing_max_zyx)
+
+
+@lru_cache(maxsize=1)
+def bundled_memory_model() -> MemoryModel:
+    """The bundled model's (its manifest read, its weights not checked): the default of the estimate."""
+    return memory_model(load_manifest(verify=False))
 
 
 class CaseTooLarge(InputError, MemoryError):
@@ -252,31 +286,37 @@ def _padded(n: int, multiple: int) -> int:
 
 
 def member_grids(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] | None,
-                 crop_extent_mm: Sequence[float] | None = MAX_CROP_EXTENT_MM) -> dict[str, tuple[int, int, int]]:
-    """The grids the 2D and the 3D members run on (z, y, x voxels): the native extent, capped at
-    ``crop_extent_mm`` per axis (the brain's box; None: no cap), at the domain guard's spacing (the native one
-    clamped to the training range), in-plane at ``SPACING_3D_YX`` for the 3D members. Rounded up.
+                 crop_extent_mm: Sequence[float] | None = MAX_CROP_EXTENT_MM,
+                 model: MemoryModel | None = None) -> tuple[tuple[Tiling, tuple[int, int, int]], ...]:
+    """Each tiling of ``model`` (default: the bundled one) with the grid its members run on (z, y, x voxels): the
+    native extent, capped at ``crop_extent_mm`` per axis (the brain's box; None: no cap), at the domain guard's
+    spacing (the native one clamped to the model's training range) on the axes the member takes natively, at its
+    target spacing on the others. Rounded up.
 
-    Without ``spacing_zyx`` (unknown) the native grid itself, uncapped, for both kinds."""
+    Without ``spacing_zyx`` (unknown) the native grid itself, uncapped, for every tiling."""
+    model = model or bundled_memory_model()
     shape = tuple(int(n) for n in shape_zyx)
     if spacing_zyx is None:
-        return {"2d": shape, "3d": shape}  # type: ignore[dict-item]
+        return tuple((t, shape) for t in model.tilings)  # type: ignore[misc]
     cap = crop_extent_mm if crop_extent_mm is not None else (math.inf,) * 3
     extent = [min(n * s, c) for n, s, c in zip(shape, spacing_zyx, cap)]
-    run = [_clamp(s, lo, hi) for s, lo, hi in zip(spacing_zyx, SPACING_MIN_ZYX, SPACING_MAX_ZYX)]
-    grid2 = tuple(max(1, math.ceil(e / r - 1e-6)) for e, r in zip(extent, run))
-    grid3 = (grid2[0],) + tuple(max(1, math.ceil(e / SPACING_3D_YX - 1e-6)) for e in extent[1:])
-    return {"2d": grid2, "3d": grid3}  # type: ignore[dict-item]
+    run = [_clamp(s, lo, hi) for s, lo, hi in zip(spacing_zyx, model.spacing_min_zyx, model.spacing_max_zyx)]
+    grids = []
+    for tiling in model.tilings:
+        spacing = [r if t is None else t for t, r in zip(tiling.target_spacing_zyx, run)]
+        grids.append((tiling, tuple(max(1, math.ceil(e / r - 1e-6)) for e, r in zip(extent, spacing))))
+    return tuple(grids)  # type: ignore[arg-type]
 
 
-def tile_voxels(grids: dict[str, Sequence[int]]) -> dict[str, int]:
-    """Voxels of the largest forward pass of each member kind on its grid, padded as the inferers pad it: the
-    3D patch (or the whole grid when smaller), the 2D batch of slices x the slice patch."""
-    z3, y3, x3 = (int(v) for v in grids["3d"])
-    z2, y2, x2 = (int(v) for v in grids["2d"])
-    tile3 = [_padded(min(n, p), d) for n, p, d in zip((z3, y3, x3), PATCH_3D_ZYX, DIVISIBLE_3D_ZYX)]
-    tile2 = [_padded(min(n, p), d) for n, p, d in zip((y2, x2), PATCH_2D_YX, DIVISIBLE_2D_YX)]
-    return {"3d": math.prod(tile3), "2d": min(z2, BATCH_2D) * math.prod(tile2)}
+def tile_voxels(tiling: Tiling, grid_zyx: Sequence[int]) -> int:
+    """Voxels of the largest forward pass of ``tiling`` on its grid, padded as the inferers pad it: a batch of 3D
+    patches (each the whole grid when smaller), or a batch of slices x the slice patch (2D)."""
+    grid = [int(v) for v in grid_zyx]
+    if len(tiling.patch_size) == 3:
+        tile = [_padded(min(n, p), d) for n, p, d in zip(grid, tiling.patch_size, tiling.divisible_by)]
+        return tiling.batch_size * math.prod(tile)
+    tile = [_padded(min(n, p), d) for n, p, d in zip(grid[1:], tiling.patch_size, tiling.divisible_by)]
+    return min(grid[0], tiling.batch_size) * math.prod(tile)
 
 
 def estimate_case_bytes(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] | None = None, *,
@@ -284,27 +324,28 @@ def estimate_case_bytes(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] |
                         crop_extent_mm: Sequence[float] | None = MAX_CROP_EXTENT_MM,
                         model_bytes: int = MODEL_RESIDENT_BYTES,
                         native_bytes_per_voxel: int = NATIVE_BYTES_PER_VOXEL,
-                        model_grid_bytes_per_voxel: int = MODEL_GRID_BYTES_PER_VOXEL) -> int:
+                        model_grid_bytes_per_voxel: int = MODEL_GRID_BYTES_PER_VOXEL,
+                        model: MemoryModel | None = None) -> int:
     """A conservative estimate (bytes) of the peak resident memory one case needs, from its grid alone:
 
     ``model_bytes`` (interpreter, libraries, sessions) + the larger of the read phase (``READ_BYTES_PER_VOXEL`` x
     native voxels) and the run phase: ``native_bytes_per_voxel`` x native voxels (the full-resolution arrays kept)
     + ``model_grid_bytes_per_voxel`` x the larger member grid's voxels (see ``member_grids``) + on CPU, ONNX
-    Runtime's activations for the largest tile of any member (``on_gpu``: they are in GPU memory, left out). ``crop_extent_mm``: the largest brain box the members can see (mm per axis; the
-    case's own box once known, None for no credit). Without ``spacing_zyx`` the members' grids are taken as the
-    native grid.
+    Runtime's activations for the largest tile of any member (``on_gpu``: they are in GPU memory, left out).
+    ``crop_extent_mm``: the largest brain box the members can see (mm per axis; the case's own box once known,
+    None for no credit). Without ``spacing_zyx`` the members' grids are taken as the native grid. ``model``: the
+    members' tilings and spacing range (``memory_model(manifest)``; default: the bundled model's).
     """
     shape = [int(v) for v in shape_zyx]
     if len(shape) != 3 or any(n <= 0 for n in shape):
         raise ValueError(f"shape_zyx must be 3 positive sizes, not {tuple(shape_zyx)}")
     if spacing_zyx is not None and (len(spacing_zyx) != 3 or not all(float(s) > 0 for s in spacing_zyx)):
         raise ValueError(f"spacing_zyx must be 3 positive spacings, not {tuple(spacing_zyx)}")
-    grids = member_grids(shape, spacing_zyx, crop_extent_mm)
+    grids = member_grids(shape, spacing_zyx, crop_extent_mm, model)
     run = math.prod(shape) * native_bytes_per_voxel
-    run += max(math.prod(g) for g in grids.values()) * model_grid_bytes_per_voxel
+    run += max(math.prod(g) for _, g in grids) * model_grid_bytes_per_voxel
     if not on_gpu:
-        tiles = tile_voxels(grids)
-        run += max(tiles["3d"] * ACTIVATION_BYTES_PER_VOXEL_3D, tiles["2d"] * ACTIVATION_BYTES_PER_VOXEL_2D)
+        run += max(tile_voxels(t, g) * ACTIVATION_BYTES_PER_VOXEL[t.kind] for t, g in grids)
     return int(model_bytes + max(math.prod(shape) * READ_BYTES_PER_VOXEL, run))
 
 
@@ -317,14 +358,14 @@ def format_bytes(n: int) -> str:
 
 def check_fits(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] | None, limit: int | None, *,
                path: str | Path | None = None, limit_source: str | None = None, on_gpu: bool = False,
-               crop_extent_mm: Sequence[float] | None = MAX_CROP_EXTENT_MM) -> int:
+               crop_extent_mm: Sequence[float] | None = MAX_CROP_EXTENT_MM, model: MemoryModel | None = None) -> int:
     """Raise ``CaseTooLarge`` when the case's estimated peak exceeds ``limit`` (bytes; None: unknown, no check).
 
     The message is one line naming the grid (z x y x voxels), its voxels, the estimate and the limit, e.g.
     ``grid 300 x 512 x 512 (78.6 M voxels, 0.29 GiB per float32 copy) needs about 1.97 GiB of memory, above the
     limit of 1.50 GiB (cgroup memory limit): ...``. Returns the estimate (bytes) when the case fits.
     """
-    need = estimate_case_bytes(shape_zyx, spacing_zyx, on_gpu=on_gpu, crop_extent_mm=crop_extent_mm)
+    need = estimate_case_bytes(shape_zyx, spacing_zyx, on_gpu=on_gpu, crop_extent_mm=crop_extent_mm, model=model)
     if limit is None or need <= limit:
         log.debug("grid %s: estimated peak %s, limit %s", tuple(shape_zyx), format_bytes(need),
                   "unknown" if limit is None else format_bytes(limit))

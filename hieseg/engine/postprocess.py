@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-
 from scipy import ndimage
 
 from hieseg.engine.manifest import ComponentFilter, MaskRule

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize
 
-from .. import config
 from training import tune as T  # the Dice-only grid these records were made with
+
+from .. import config
 from ..data import REPO
 from ..study import load_study, make_config
 
@@ -51,8 +52,8 @@ KEEP_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # 0.0: keep 
 def components(case: T.CaseData, raw, choice: T.Choice) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The rule's kept components of one case: features (n, F), touches-truth labels (n,), voxel counts (n,) and
     truth-overlap counts (n,), all in the case's brain crop."""
-    from hieseg.lesions import label_components
     from hieseg.engine.postprocess import postprocess
+    from hieseg.lesions import label_components
 
     fused = case.fused(choice.members, choice.flips, choice.weights)
     mask = postprocess(fused, case.brain, case.spacing_zyx, choice.mask_rule())
@@ -135,9 +136,9 @@ def choose_keep_threshold(table: dict, fold_ids: list[int], n_truth: dict) -> fl
 
 def probe(workdir: Path, drop: tuple[str, ...] = ()) -> dict:
     """The nested comparison on one workdir's OOF maps, with the features less ``drop``."""
+    from hieseg.engine.postprocess import postprocess
     from hieseg.evaluation.metrics import case_metrics
     from hieseg.lesions import label_components
-    from hieseg.engine.postprocess import postprocess
 
     from .. import stages
 

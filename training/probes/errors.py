@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from hieseg.evaluation.metrics import case_metrics
+from training import tune as T  # the Dice-only grid these records were made with
 
 from .. import config
-from training import tune as T  # the Dice-only grid these records were made with
 from ..data import REPO
-from .fusion import set_cases, set_maps
 from ..study import load_study, make_config
+from .fusion import set_cases, set_maps
 
 log = logging.getLogger("training")
 OUT = REPO / "training" / "probes" / "errors.json"

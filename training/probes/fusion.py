@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import config
 from training import tune as T  # the Dice-only grid these records were made with
+
+from .. import config
 from ..data import REPO
 from ..study import load_study, make_config
 
