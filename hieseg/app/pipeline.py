@@ -167,6 +167,7 @@ class Segmenter:
         # OpenVINO). A seam for parity tests and the benchmark's one-session-per-member row.
         self.members: list[LoadedMember] = load_members(self.manifest, device, share=share, plan=self.plan)
         self.gpu = gpu_versions() if CUDA in self.providers.values() else None  # read once, named in every report
+        self.memory_model: MemoryModel = memory_model(self.manifest)  # the estimate's view of the members, once
         self.device = device
         self.load_seconds = time.perf_counter() - t0
         log.info("model %s %s: %d members loaded in %.2f s", self.manifest.name, self.manifest.version,
@@ -195,7 +196,7 @@ class Segmenter:
 
     def check_memory(self, case: Case) -> dict[str, Any]:
         """``check_case_memory`` on this Segmenter's provider (activations in GPU memory on CUDA)."""
-        return check_case_memory(case, on_gpu=self.plan.provider == CUDA, model=memory_model(self.manifest))
+        return check_case_memory(case, on_gpu=self.plan.provider == CUDA, model=self.memory_model)
 
     def segment_case(self, case: Case) -> CaseResult:
         """One case from its files to mask, probability and report statistics (its memory checked first)."""
@@ -283,7 +284,7 @@ class Segmenter:
             memory["estimate_gib"] = _gib(estimate_case_bytes(result.geometry.shape_zyx,
                                                               result.geometry.spacing_zyx,
                                                               on_gpu=self.plan.provider == CUDA,
-                                                              model=memory_model(self.manifest)))
+                                                              model=self.memory_model))
             memory["limit_gib"], memory["limit_source"] = ((None, None) if found is None
                                                            else (_gib(found[0]), found[1]))
         return {"peak_rss_gib": _gib(peak_rss_bytes()), **memory}

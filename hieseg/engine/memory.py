@@ -49,6 +49,7 @@ from typing import Sequence
 
 from hieseg.engine.manifest import Manifest, load_manifest
 from hieseg.errors import InputError
+from hieseg.inputs.domain import member_spacing
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def member_grids(shape_zyx: Sequence[int], spacing_zyx: Sequence[float] | None,
     run = [_clamp(s, lo, hi) for s, lo, hi in zip(spacing_zyx, model.spacing_min_zyx, model.spacing_max_zyx)]
     grids = []
     for tiling in model.tilings:
-        spacing = [r if t is None else t for t, r in zip(tiling.target_spacing_zyx, run)]
+        spacing = member_spacing(tiling.target_spacing_zyx, run)
         grids.append((tiling, tuple(max(1, math.ceil(e / r - 1e-6)) for e, r in zip(extent, spacing))))
     return tuple(grids)  # type: ignore[arg-type]
 
