@@ -1,10 +1,15 @@
 """One run, one table (issue 23): the same real cases through ``hieseg predict`` with ONNX Runtime's CPU provider
-(f32, the reference), native OpenVINO f32, native OpenVINO bf16 and the fast mode (auto + --fast), each in its own
-process under /usr/bin/time -v; seconds per case, peak RSS, the FLOP rate as a fraction of this machine's matrix
-multiply peak at that row's precision (benchmarks/gemm_peak.py), masks against the reference, and the challenge's
-metrics against the labels.
+(f32, the reference), native OpenVINO f32, native OpenVINO bf16 (where the CPU has native bf16) and the fast mode
+(auto + --fast), each in its own process under /usr/bin/time -v; seconds per case, peak RSS, the FLOP rate as a
+fraction of this machine's matrix multiply peak at that row's precision (benchmarks/gemm_peak.py), masks against the
+reference, and the challenge's metrics against the labels. Each kind of CPU has its own block in the document
+(``machine``): a CPU with native bf16 writes ``engines``, one without writes ``engines-nobf16``, so that a run on
+either leaves the other's table alone.
 
     .venv/bin/python benchmarks/engine_table.py --cases 12 --json benchmarks/results/engines-12cases.json \
+        --doc docs/benchmark.md
+    # on a CPU without native bf16:
+    .venv/bin/python benchmarks/engine_table.py --cases 12 --json benchmarks/results/engines-nobf16-12cases.json \
         --doc docs/benchmark.md
 """
 
@@ -12,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,24 +36,52 @@ from hieseg.evaluation.metrics import case_metrics, nanmean  # noqa: E402
 from hieseg.inputs.cases import find_cases  # noqa: E402
 from hieseg.inputs.io import read_image  # noqa: E402
 
-PRECISION = {  # the GEMM peak each row is compared against
-    "ORT CPU f32 (--device cpu)": "f32", "OpenVINO f32": "f32",
-    "OpenVINO bf16 (auto, the default here)": "bf16", "fast: OpenVINO bf16, no flip TTA (--fast)": "bf16"}
-FAST = "fast: OpenVINO bf16, no flip TTA (--fast)"
-CONFIGS = {
-    "ORT CPU f32 (--device cpu)": ["--device", "cpu"],
-    "OpenVINO f32": ["--device", "openvino", "--precision", "f32"],
-    "OpenVINO bf16 (auto, the default here)": ["--device", "auto"],
-    "fast: OpenVINO bf16, no flip TTA (--fast)": ["--device", "auto", "--fast"],
-}
-BEGIN, END = "<!-- engines:begin -->", "<!-- engines:end -->"
+
+@dataclass(frozen=True)
+class Config:
+    """One row: the ``hieseg predict`` arguments, the precision its report must name, whether it is the fast mode."""
+
+    args: tuple[str, ...]
+    precision: str
+    fast: bool = False
 
 
-def run(config: list[str], case_list: Path, out: Path) -> dict:
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "hieseg", "predict", str(case_list), str(out), "-q", *config]
+def configs(native_bf16: bool) -> dict[str, Config]:
+    """The rows for this CPU, the reference first. Where the CPU has no native bf16, ``auto`` is OpenVINO f32 (the
+    bf16 row would be an emulation the runtime refuses), so the default row is the f32 one."""
+    auto = "bf16" if native_bf16 else "f32"
+    rows = {"ORT CPU f32 (--device cpu)": Config(("--device", "cpu"), "f32")}
+    if native_bf16:
+        rows["OpenVINO f32 (--precision f32)"] = Config(("--device", "openvino", "--precision", "f32"), "f32")
+        rows["OpenVINO bf16 (auto, the default here)"] = Config(("--device", "auto"), "bf16")
+    else:
+        rows["OpenVINO f32 (auto, the default here)"] = Config(("--device", "auto"), "f32")
+    rows[f"fast: OpenVINO {auto}, no flip TTA (--fast)"] = Config(("--device", "auto", "--fast"), auto, True)
+    return rows
+
+
+def machine() -> dict:
+    """What the table's figures depend on: the CPU's model name, its bf16 flags, whether OpenVINO runs bf16
+    natively on it, and the doc block its table goes to (one block per kind of CPU, so that neither table
+    overwrites the other)."""
+    from hieseg.engine.openvino_engine import cpu_bf16_flags, cpu_has_native_bf16
+
+    names = [line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+    native = cpu_has_native_bf16()
+    return {"cpu": names[0] if names else platform.processor() or "unknown CPU",
+            "bf16_flags": sorted(cpu_bf16_flags()), "native_bf16": native,
+            "block": "engines" if native else "engines-nobf16"}
+
+
+
+
+def run(config: Config, case_list: Path, out: Path) -> dict:
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "hieseg", "predict", str(case_list), str(out), "-q",
+           *config.args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(config)} failed: {proc.stderr[-2000:]}")
+        raise SystemExit(f"{' '.join(config.args)} failed: {proc.stderr[-2000:]}")
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr).group(1)
     parts = [float(x) for x in wall.split(":")]
@@ -54,8 +89,11 @@ def run(config: list[str], case_list: Path, out: Path) -> dict:
     reports = [json.loads(p.read_text()) for p in sorted((out / "reports").glob("*.json"))
                if not p.name.startswith(".")]
     per_case = [r["seconds"]["total"] for r in reports]
+    engine = reports[0]["engine"]
+    if engine["precision"] != config.precision:  # a row must measure what its label says
+        raise SystemExit(f"{' '.join(config.args)} ran in {engine['precision']}, not {config.precision}")
     return {"wall_s": wall_s, "peak_rss_gib": peak_kib / 2**20, "median_s_per_case": statistics.median(per_case),
-            "mean_s_per_case": statistics.fmean(per_case), "engine": reports[0]["engine"]}
+            "mean_s_per_case": statistics.fmean(per_case), "engine": engine}
 
 
 def case_gflop(cases, fast: bool) -> dict[str, float]:
@@ -104,10 +142,13 @@ def main() -> None:
               for c in cases}
     from gemm_peak import gemm_peak
 
+    host = machine()
+    rows_wanted = configs(host["native_bf16"])
+    precisions = sorted({c.precision for c in rows_wanted.values()})  # no bf16 peak where bf16 is emulated
     # the peak before and after the runs, the higher kept: this machine's neighbours make single runs noisy
-    before = {p: gemm_peak(p, 2) for p in ("f32", "bf16")}
+    before = {p: gemm_peak(p, 2) for p in precisions}
     rows, masks = {}, {}
-    for name, config in CONFIGS.items():
+    for name, config in rows_wanted.items():
         out = work / re.sub(r"\W+", "_", name)
         rows[name] = run(config, case_list, out)
         masks[name] = {c.case_id: read_image(out / f"{c.case_id}_lesion.mha", dtype=None)[0] for c in cases}
@@ -115,16 +156,17 @@ def main() -> None:
                   for c in cases]
         rows[name].update({k: nanmean(s[k] for s in scores) for k in ("dice", "masd", "nsd")})
         rows[name]["per_case_dice"] = {c.case_id: s["dice"] for c, s in zip(cases, scores)}
-    after = {p: gemm_peak(p, 2) for p in ("f32", "bf16")}
+    after = {p: gemm_peak(p, 2) for p in precisions}
     peaks = {p: max(before[p], after[p], key=lambda g: g["gflops"]) for p in before}
     gflop = {False: case_gflop(cases, False), True: case_gflop(cases, True)}
     for name, row in rows.items():
-        per_case = gflop[name == FAST]
+        per_case = gflop[rows_wanted[name].fast]
         row["gflop_per_case_median"] = statistics.median(per_case.values())
         row["gflops"] = row["gflop_per_case_median"] / row["median_s_per_case"]
-        row["gemm_peak"] = peaks[PRECISION[name]]
-        row["fraction_of_peak"] = row["gflops"] / peaks[PRECISION[name]]["gflops"]
-    ref = next(iter(CONFIGS))
+        row["precision"] = rows_wanted[name].precision
+        row["gemm_peak"] = peaks[row["precision"]]
+        row["fraction_of_peak"] = row["gflops"] / row["gemm_peak"]["gflops"]
+    ref = next(iter(rows_wanted))
     lesion = sum(int(m.sum()) for m in masks[ref].values())
     for name, row in rows.items():
         differ = sum(int((masks[name][c] != masks[ref][c]).sum()) for c in masks[ref])
@@ -134,17 +176,17 @@ def main() -> None:
                                          for c in masks[ref])
         row["speedup_vs_cpu"] = rows[ref]["median_s_per_case"] / row["median_s_per_case"]
     result = {"cases": [c.case_id for c in cases], "reference": ref, "rows": rows, "gemm_peak": peaks,
-              "command": f"python benchmarks/engine_table.py --cases {args.cases}"}
+              "machine": host, "command": f"python benchmarks/engine_table.py --cases {args.cases}"}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    table = [f"One run on {len(cases)} real cases, 2 threads, this machine's Xeon (AMX-BF16); generated by "
+    table = [f"One run on {len(cases)} real cases, 2 threads, {cpu_phrase(host)}; generated by "
              f"`{result['command']}` ({args.json.name if args.json else 'no JSON'}). Dice / MASD / NSD are the "
              "whole ensemble on its own training cases (in-sample): they compare the engines with each other, not "
              "the model with unseen data (training/RESULTS.md has the nested figures). Fraction of peak: the "
              "case's FLOPs (counted from the ONNX graphs at the shapes the runtime feeds) over its seconds, against "
              f"an OpenVINO MatMul on the same 2 threads at the row's precision, the better of a measurement before and "
-             f"after the runs: f32 {peaks['f32']['gflops']} GFLOP/s, bf16 {peaks['bf16']['gflops']} GFLOP/s "
-             "(`benchmarks/gemm_peak.py`). The seconds include reading, "
+             "after the runs: " + ", ".join(f"{p} {peaks[p]['gflops']} GFLOP/s" for p in precisions)
+             + " (`benchmarks/gemm_peak.py`). The seconds include reading, "
              "resampling and post-processing, so the fraction is a lower bound on the networks' own.", "",
              "| engine | s/case (median) | speed-up vs --device cpu | peak RSS GiB | GFLOP/case | fraction of the "
              "GEMM peak | masks vs --device cpu (voxels / share of lesion voxels) | max per-case ΔDice | Dice | "
@@ -152,19 +194,34 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         table.append(f"| {name} | {r['median_s_per_case']:.2f} | {r['speedup_vs_cpu']:.2f}× | "
-                     f"{r['peak_rss_gib']:.2f} | {r['gflop_per_case_median']:.0f} | {100 * r['fraction_of_peak']:.0f} % "
-                     f"({PRECISION[name]}) | {r['voxels_differing']} / {100 * r['share_of_lesion_voxels']:.3f} % | "
+                     f"{r['peak_rss_gib']:.2f} | {r['gflop_per_case_median']:.0f} | "
+                     f"{100 * r['fraction_of_peak']:.0f} % "
+                     f"({r['precision']}) | {r['voxels_differing']} / {100 * r['share_of_lesion_voxels']:.3f} % | "
                      f"{r['max_case_dice_delta']:.4f} | {r['dice']:.4f} | {r['masd']:.3f} | {r['nsd']:.4f} |")
     text = "\n".join(table)
     print(text)
     if args.doc:
-        doc = args.doc.read_text()
-        block = f"{BEGIN}\n{text}\n{END}"
-        if BEGIN in doc:
-            doc = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, doc, flags=re.S)
-        else:
-            doc = doc.rstrip("\n") + "\n\n## Engines and precision (issue 23)\n\n" + block + "\n"
-        args.doc.write_text(doc)
+        args.doc.write_text(with_block(args.doc.read_text(), host["block"], text))
+
+
+def cpu_phrase(host: dict) -> str:
+    """'this machine's <CPU> (native bf16: amx_bf16, avx512_bf16)' or '... (no native bf16: auto is f32)'."""
+    if host["native_bf16"]:
+        return f"this machine's {host['cpu']} (native bf16: {', '.join(host['bf16_flags']) or 'per OpenVINO'})"
+    return f"this machine's {host['cpu']} (no native bf16, so auto is f32: the bf16 row needs AMX-BF16 or AVX512_BF16)"
+
+
+def with_block(doc: str, name: str, text: str) -> str:
+    """``doc`` with the block ``<!-- name:begin -->`` ... ``<!-- name:end -->`` replaced by ``text``; a new block
+    goes after the last engine-related block (or at the end, under the section heading)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc:
+        return re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+    anchors = [a for a in ("<!-- bf16-gate:end -->", "<!-- engines:end -->") if a in doc]
+    if anchors:
+        return doc.replace(anchors[0], anchors[0] + "\n\n" + block, 1)
+    return doc.rstrip("\n") + "\n\n## Engines and precision (issue 23)\n\n" + block + "\n"
 
 
 if __name__ == "__main__":

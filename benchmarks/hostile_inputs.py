@@ -111,7 +111,8 @@ def build(work: Path) -> dict[str, dict]:
     broken_adc("header_only_mha", lambda p: p.write_bytes(blob[:header_end]))
     broken_adc("garbage_mha", lambda p: p.write_bytes(np.random.default_rng(0).bytes(4096)))
     broken_adc("missing_data_file_mha",
-               lambda p: p.write_bytes(blob[:header_end].replace(b"ElementDataFile = LOCAL", b"ElementDataFile = case.raw")))
+               lambda p: p.write_bytes(blob[:header_end].replace(b"ElementDataFile = LOCAL",
+                                                                  b"ElementDataFile = case.raw")))
     huge_header = blob[:header_end].replace(b"DimSize = 128 128 23", b"DimSize = 1100 1000 1000")
     broken_adc("over_1e9_voxels_header", lambda p: p.write_bytes(huge_header))
     raw.unlink()
@@ -202,7 +203,8 @@ def run_row(name: str, row: dict, code: Path, python: str, work: Path) -> dict:
     result = {"name": name, "exit": "timeout" if timed_out else proc.returncode, "seconds": round(wall, 1),
               "max_rss_gib": rss_gib, "errors": errors, "warnings": warnings,
               "model_loaded": any("members loaded" in ln for ln in lines),
-              "files_left": _files(out), "elsewhere": _files(base / "elsewhere") if row.get("reports_symlink") else None,
+              "files_left": _files(out),
+              "elsewhere": _files(base / "elsewhere") if row.get("reports_symlink") else None,
               "stdout": stdout.strip().splitlines()[-1:] if stdout.strip() else []}
     reports = sorted(out.glob("hieseg-report.json")) + sorted(out.glob("reports/*.json"))
     if reports:
