@@ -1,8 +1,8 @@
 """The training domain written into the manifest: what the networks have seen (spacing, grid, intensities).
 
 The runtime's domain guard (``hieseg/domain.py``) resamples inputs outside these ranges and refuses intensities
-that cannot be in the expected units. ``hieseg.inputs.domain.DEFAULT_DOMAIN`` is this function's output on the 40 training
-cases, for manifests written before the field existed; regenerate it with
+that cannot be in the expected units. ``hieseg.inputs.domain.DEFAULT_DOMAIN`` is this function's output on the 40
+training cases, for manifests written before the field existed; regenerate it with
 
     PYTHONPATH=. training/.venv/bin/python -m training.domain     # prints the JSON
 """

@@ -213,7 +213,8 @@ def export_all(study, tuning: dict, log=print) -> dict:
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": "hieseg-bonbid",
-        "version": ("quick" if cfg.quick else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
+        "version": ("quick" if cfg.quick
+                    else ("cv5" if complete else "interim-f" + "".join(map(str, tuning["folds"])))),
         "license": DEFAULT_LICENSE,
         "intended_use": DEFAULT_INTENDED_USE,
         "references": [DATA_PAPER],
@@ -236,7 +237,8 @@ def export_all(study, tuning: dict, log=print) -> dict:
             "manifest_written": {**git_commit(), "tree": tree,
                                  "command": " ".join(["python -m training", *sys.argv[1:]]),
                                  "networks_kept_from_earlier_export": reused,
-                                 "their_training_commit": (previous["training"] or {}).get("commit") if reused else None},
+                                 "their_training_commit": ((previous["training"] or {}).get("commit")
+                                                           if reused else None)},
             "data": {"tarball": TARBALL.name, "tarball_sha256": file_digest(TARBALL), "n_cases": len(study.cases),
                      "split": "training/splits.json" if not cfg.quick else "quick: 2 cases, 2 folds",
                      "folds_scored": tuning["folds"], "folds_shipped": folds, "n_cases_scored": n_cases},

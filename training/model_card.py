@@ -62,7 +62,8 @@ def _score_row(label: str, stratum: str, s: dict[str, Any]) -> str:
 
 def score_tables(scores: dict[str, Any]) -> list[str]:
     """Markdown rows: each variant's overall and per-stratum Dice / MASD / NSD (variants without strata: overall)."""
-    lines = ["| model | stratum (lesion % of brain) | cases | Dice | MASD (mm) | NSD@2mm |", "|---|---|---|---|---|---|"]
+    lines = ["| model | stratum (lesion % of brain) | cases | Dice | MASD (mm) | NSD@2mm |",
+             "|---|---|---|---|---|---|"]
     for variant, s in scores.items():
         if not isinstance(s, dict):
             continue
@@ -149,7 +150,8 @@ def _filter_text(f: dict[str, Any] | None) -> str:
         return "no component filter"
     return {"peak": "components whose peak probability is below {v} removed",
             "distance_to_largest": "components more than {v} mm from the largest one removed",
-            "edge": "components whose deepest voxel lies within {v} mm of the brain's edge removed"}[f["type"]].format(v=f["value"])
+            "edge": "components whose deepest voxel lies within {v} mm of the brain's edge removed",
+            }[f["type"]].format(v=f["value"])
 
 
 def _empty_text(empty: dict[str, Any]) -> str:

@@ -217,7 +217,8 @@ def write_report(study, log=print) -> None:
                         f"{b['dice']:.3f} | {e['n']} |")
     if cmp_rows:
         lines += ["## Variant comparison (proxy: one member, fold 0, same iterations; fusion tuned per variant)", "",
-                  "| workdir | member | loss | intensity | folds | Dice | NSD | MASD | threshold | baseline Dice | cases |",
+                  "| workdir | member | loss | intensity | folds | Dice | NSD | MASD | threshold | baseline Dice "
+                  "| cases |",
                   "|---|---|---|---|---|---|---|---|---|---|---|", *cmp_rows, ""]
     lines += [f"![learning curve]({png.name})", ""]
     generated = "\n".join(lines)

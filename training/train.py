@@ -148,7 +148,8 @@ class Sampler:
 # ---------------------------------------------------------------- augmentation (torch, on the batch)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, n_intensity: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, y: torch.Tensor, n_intensity: int, gen: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flips, small in-plane affine, gamma, noise, blur and anisotropy (low-resolution simulation).
 
     ``x``: (B, C, [z,] y, x); intensity augmentation touches the first ``n_intensity`` channels only (the binary
@@ -247,7 +248,8 @@ class Loss:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, iteration: int) -> torch.Tensor:
         if self.name == "tlhf":
             ramp = 2.0 + 2.0 * min(iteration / self.iterations, 1.0)
-            return 1.5 * self.tversky(logits, target) + 2.0 * self.hd(logits, target) + ramp * self.focal(logits, target)
+            return (1.5 * self.tversky(logits, target) + 2.0 * self.hd(logits, target)
+                    + ramp * self.focal(logits, target))
         if self.name == "tvhd":
             return self.tversky(logits, target) + self.hd(logits, target)
         if self.name == "tvfocal":
@@ -355,7 +357,8 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
     def lr_factor(i: int) -> float:  # reads the plan at every step: a fitted schedule keeps its cosine shape
         if i < warm:
             return (i + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * min(i - warm, plan["iterations"] - warm) / max(plan["iterations"] - warm, 1)))
+        progress = min(i - warm, plan["iterations"] - warm) / max(plan["iterations"] - warm, 1)
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     rng = np.random.default_rng(seed)
@@ -414,7 +417,8 @@ def train_member(spec: dict, train: list[Sample], val: list[Sample], out_dir: Pa
             curve["train_loss"].append(float(torch.stack(running).mean()) if running else float("nan"))
             curve["val_dice"].append(float(np.mean(vd)) if vd else float("nan"))
             curve["seconds"].append(time.time() - t0)
-            log(f"  {out_dir.parent.name}/{out_dir.name} it {it}/{plan['iterations']} loss {curve['train_loss'][-1]:.4f} "
+            log(f"  {out_dir.parent.name}/{out_dir.name} it {it}/{plan['iterations']} "
+                f"loss {curve['train_loss'][-1]:.4f} "
                 f"val dice@0.5 {curve['val_dice'][-1]:.3f} ({time.time() - t0:.0f}s)")
             running, t0 = [], time.time()
             _atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),

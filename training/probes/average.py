@@ -3,9 +3,10 @@
 The shipped model averages the five fold networks of each member, but every OOF map comes from one network (the
 other four trained on the case), so the gap cannot be measured directly. What can be measured out of fold: each
 fold was trained twice per member (the CPU run, training/runs/cv, and the GPU run, training/runs/gpu; both on the
-other folds only), so a two-network average is out of fold too. A lent GPU trains several networks per fold with different seeds
-(training/device_cv.py) and returns their mean OOF maps (workdir ``seeds``) and seed 0's alone (``seeds-single``):
-``--single training/runs/seeds-single --average training/runs/seeds`` compares those. On the 40 cases:
+other folds only), so a two-network average is out of fold too. A lent GPU trains several networks per fold with
+different seeds (training/device_cv.py) and returns their mean OOF maps (workdir ``seeds``) and seed 0's alone
+(``seeds-single``): ``--single training/runs/seeds-single --average training/runs/seeds`` compares those.
+On the 40 cases:
 
 - the shipped choice (tuned on single networks) applied to single-network maps and to two-network averages;
 - the choice re-tuned on the averages (in-sample, like the first) and its threshold;

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
               "note": "Nested OOF masks (each fold's fusion chosen on the other folds) of one network set; fp_far: "
                       "false-positive voxels in predicted components touching no lesion; fp_rim: the rest. "
                       "oracle_without_far_components: the same masks with every component touching no lesion "
-                      "removed using the truth (an upper bound for any component filter, not an estimate). shared_with: per "
+                      "removed using the truth (an upper bound for any component filter, not an estimate). "
+                      "shared_with: per "
                       "other network set, each voxel kind of this set's masks (all cases) and how many of them "
                       "the other set's nested masks make too (predict, or for fn: miss)."}
     args.out.write_text(json.dumps(result, indent=1, default=float) + "\n")
