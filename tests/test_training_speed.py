@@ -4,6 +4,8 @@ channels-last step stays within bf16 tolerance of it, and a checkpoint trained t
 network and exports to a float32 ONNX that passes the export parity gate.
 
 Needs the training environment (torch + MONAI) and the real cases; skips otherwise (fails in CI without the cases).
+On a CPU without native bf16 the bf16 step is skipped (with its reason) and the checkpoint test trains in float32:
+there ``--bf16`` is refused, because torch emulates bfloat16 about a hundred times slower than float32.
 """
 
 import sys
@@ -28,6 +30,30 @@ BF16_RTOL = 1e-2
 # channels-last alone is the same float32 arithmetic summed in another order (observed: <1e-4 relative; the second
 # step also carries the first AdamW update, whose size hardly depends on the gradient's magnitude)
 FP32_RTOL = 5e-4
+
+
+NO_BF16 = ("this CPU has no native bf16 (AVX512-BF16 or AMX): torch emulates bfloat16 autocast about 100x slower "
+           "than float32, and --bf16 is refused here")
+
+
+def _native_bf16() -> bool:
+    from training.train import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
+
+
+def test_bf16_is_refused_where_the_cpu_only_emulates_it(monkeypatch):
+    from types import SimpleNamespace
+
+    from training import stages, train
+    from training.study import TrainingError
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(TrainingError, match="no native bf16"):
+        stages.require_native_bf16(SimpleNamespace(bf16=True))
+    stages.require_native_bf16(SimpleNamespace(bf16=False))  # float32 runs anywhere
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    stages.require_native_bf16(SimpleNamespace(bf16=True))
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +103,8 @@ def test_fast_cpu_steps_match_the_float32_step(real_cases, base):
     assert np.all(np.isfinite(ref)) and np.all(ref > 0)
     cl = _two_steps(spec, samples, amp=False, channels_last=True)
     np.testing.assert_allclose(cl, ref, rtol=FP32_RTOL, err_msg="channels-last float32 step")
+    if not _native_bf16():  # the float32 checks above have run; the bf16 step needs a CPU that has bf16
+        pytest.skip(NO_BF16)
     fast = _two_steps(spec, samples, amp=True, channels_last=True)
     np.testing.assert_allclose(fast, ref, rtol=BF16_RTOL, err_msg="bf16 + channels-last step")
 
@@ -88,8 +116,10 @@ def test_channels_last_checkpoint_loads_plain_and_exports(real_cases, tmp_path, 
 
     spec, samples = _samples(real_cases, base)
     spec = {**spec, "iterations": 2, "batch": 2}
+    # bf16 where the CPU has it (as --bf16 trains); elsewhere float32, which --bf16 refuses to emulate: the
+    # checkpoint's channels-last layout is what this test is about
     trained = train_member(spec, samples, [], tmp_path / "run", "dicefocal", seed=0, log=lambda m: None,
-                           amp=True, channels_last=True)
+                           amp=_native_bf16(), channels_last=True)
     saved = torch.load(tmp_path / "run" / "final.pt", map_location="cpu")
     assert saved["channels_last"] is True
     assert all(t.is_contiguous() for t in saved["net"].values())  # plain tensors, as a default run writes

@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="data curve: each fold trains on K of its training cases, spread evenly over the lesion "
                         "burden (use an own --workdir; never shipped)")
     p.add_argument("--bf16", action="store_true",
-                   help="train in bfloat16 autocast with channels-last tensors (2-3x faster on a CPU with AVX512-BF16; "
-                        "weights, loss and the exported ONNX stay float32; use an own --workdir)")
+                   help="train in bfloat16 autocast with channels-last tensors (2-3x faster on a CPU with AVX512-BF16 "
+                        "or AMX, refused on one without, where it is emulated; weights, loss and the exported ONNX "
+                        "stay float32; use an own --workdir)")
     p.add_argument("--gpu", action="store_true",
                    help="the workdir holds networks trained on a lent GPU (python -m training.device_cv unpack): "
                         "config.GPU_SCHEDULE, OOF/tune/export/report run here as usual")

@@ -50,11 +50,24 @@ def save_oof(path: Path, per_flip: list[np.ndarray]) -> None:
     os.replace(path.with_suffix(".tmp.npz"), path)
 
 
+def require_native_bf16(cfg: Any) -> None:
+    """Refuse (TrainingError, one line) a bf16 workdir on a CPU that only emulates bfloat16 (``cpu_has_native_bf16``),
+    before any step: emulated, a run would take about a hundred times as long as in float32."""
+    from .train import cpu_has_native_bf16
+
+    if cfg.bf16 and not cpu_has_native_bf16():
+        raise TrainingError("this workdir trains in bf16 (--bf16), but this CPU has no native bf16 (AVX512-BF16 or "
+                            "AMX): emulated, it runs about 100x slower than float32; train it on such a CPU, or "
+                            "without --bf16 in another --workdir")
+
+
 def cv(study: Study) -> None:
     """Train every member on every selected fold (resuming from checkpoints), then write its OOF maps."""
     from .train import as_member, torch_predictor, train_member
 
     cfg = study.config
+    if not all(study.fold_done(k) for k in study.selected_folds()):
+        require_native_bf16(cfg)
     for k in study.selected_folds():
         val_ids = study.folds[k]
         if study.fold_done(k):
