@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from doc_block import with_block  # noqa: E402
 from realdata import real_cases_dir  # noqa: E402
 
 from hieseg.app.pipeline import Segmenter  # noqa: E402
@@ -26,7 +27,6 @@ from hieseg.inputs.cases import find_cases  # noqa: E402
 from hieseg.inputs.io import read_image  # noqa: E402
 
 VOXEL_SHARE, DICE_DELTA = 0.001, 0.005  # the gate of tests/test_provider_parity.py
-BEGIN, END = "<!-- bf16-gate:begin -->", "<!-- bf16-gate:end -->"
 
 
 def render(result: dict) -> str:
@@ -73,16 +73,6 @@ def measure(args: argparse.Namespace) -> dict:
     return {"summary": summary, "rows": rows}
 
 
-def write_doc(doc: Path, text: str) -> None:
-    body = doc.read_text()
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in body:
-        body = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, body, flags=re.S)
-    else:
-        body = body.replace("<!-- engines:end -->", "<!-- engines:end -->\n\n" + block, 1)
-    doc.write_text(body)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=None, help="the first N cases (default: all)")
@@ -92,7 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     result = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
     if args.doc:
-        write_doc(args.doc, render(result))
+        args.doc.write_text(with_block(args.doc.read_text(), "bf16-gate", render(result)))
 
 
 if __name__ == "__main__":

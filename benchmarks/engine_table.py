@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from doc_block import with_block  # noqa: E402
 from realdata import real_cases_dir  # noqa: E402
 
 from hieseg.evaluation.metrics import case_metrics, nanmean  # noqa: E402
@@ -72,8 +73,6 @@ def machine() -> dict:
     return {"cpu": names[0] if names else platform.processor() or "unknown CPU",
             "bf16_flags": sorted(cpu_bf16_flags()), "native_bf16": native,
             "block": "engines" if native else "engines-nobf16"}
-
-
 
 
 def run(config: Config, case_list: Path, out: Path) -> dict:
@@ -210,18 +209,6 @@ def cpu_phrase(host: dict) -> str:
         return f"this machine's {host['cpu']} (native bf16: {', '.join(host['bf16_flags']) or 'per OpenVINO'})"
     return f"this machine's {host['cpu']} (no native bf16, so auto is f32: the bf16 row needs AMX-BF16 or AVX512_BF16)"
 
-
-def with_block(doc: str, name: str, text: str) -> str:
-    """``doc`` with the block ``<!-- name:begin -->`` ... ``<!-- name:end -->`` replaced by ``text``; a new block
-    goes after the last engine-related block (or at the end, under the section heading)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc:
-        return re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
-    anchors = [a for a in ("<!-- bf16-gate:end -->", "<!-- engines:end -->") if a in doc]
-    if anchors:
-        return doc.replace(anchors[0], anchors[0] + "\n\n" + block, 1)
-    return doc.rstrip("\n") + "\n\n## Engines and precision (issue 23)\n\n" + block + "\n"
 
 
 if __name__ == "__main__":
