@@ -1,4 +1,4 @@
-"""ORT vs torch parity of the exported members on a real case: max |difference| of probabilities <= 1e-4.
+"""ORT parity of the exported members on a real case: max |ORT - the network in float64| of probabilities <= 1e-4.
 
 Needs the training environment (torch + MONAI, ``training/setup.sh``) and the real cases; skips otherwise, so the
 runtime suite runs without training dependencies. With the training checkpoints of the shipped ``model/`` (in
@@ -6,6 +6,7 @@ runtime suite runs without training dependencies. With the training checkpoints 
 freshly initialised networks of the shipped architectures.
 """
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -109,7 +110,14 @@ def test_export_path_parity_on_fresh_network(real_case, tmp_path, base):
     export_onnx(net, spec["kind"], len(channels), path)
     image = prepare_case(real_case, channels, spec["target_spacing_zyx"], config.CROP_MARGIN_MM).image
     diff = parity(net, path, image, spec)
-    assert diff <= PARITY_TOL, f"max |ORT - torch| = {diff:.2e}"
+    assert diff <= PARITY_TOL, f"max |ORT - the network in float64| = {diff:.2e}"
+    # the gate has teeth: a graph whose first folded norm is off by 0.05 (an export bug) fails it
+    wrong = copy.deepcopy(net)
+    first_norm = next(m for m in wrong.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)))
+    with torch.no_grad():
+        first_norm.running_mean.add_(0.05)
+    wrong_diff = parity(wrong, path, image, spec)
+    assert wrong_diff > PARITY_TOL, f"a wrong norm passed the gate: {wrong_diff:.2e}"
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -157,3 +165,17 @@ def test_one_ensemble_loop_for_onnx_and_torch_predictors(real_case):
     # keep_flips changes what is returned, not the fused map: the runtime's path gives the same probabilities
     plain = run_ensemble(onnx_runners, c.adc, c.zadc, c.spacing_zyx, crop)
     np.testing.assert_allclose(plain.probability, ort_out.probability, atol=1e-6)
+
+
+def test_a_kept_network_keeps_its_parity_under_the_reference_it_was_measured_by(tmp_path):
+    """A network kept without its checkpoint carries its recorded figure over: a manifest exported before the float64
+    reference recorded ORT vs torch float32, and that figure must not reappear as one against float64."""
+    from training.export import PARITY_KEYS, _previous_export
+
+    old = {"members": [{"file": "a.onnx", "sha256": "0" * 64}],
+           "provenance": {"parity_max_abs_ort_vs_torch": {"a.onnx": 3e-6}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(old))
+    assert _previous_export(tmp_path)["parity"] == {"parity_max_abs_ort_vs_torch": {"a.onnx": 3e-6}}
+    measured = {PARITY_KEYS[0]: {"a.onnx": 1e-6}, PARITY_KEYS[1]: {"a.onnx": 2e-6}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"members": old["members"], "provenance": measured}))
+    assert _previous_export(tmp_path)["parity"] == measured
