@@ -27,3 +27,19 @@ def toy_model_3d(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def sample_input() -> Path:
     return REPO / "test" / "input"
+
+
+@pytest.fixture(scope="session")
+def real_predictions(tmp_path_factory, toy_model) -> tuple[Path, Path, Path]:
+    """(release root, output folder, model): all 40 real cases through ``hieseg predict`` once with the defaults
+    (shipped model, flip TTA), shared by the slow tests that need an uninterrupted run of them."""
+    from realdata import real_cases_dir
+
+    from hieseg.app.cli import main
+    from hieseg.engine.manifest import BUNDLED_MODEL_DIR
+
+    root = real_cases_dir()
+    model = BUNDLED_MODEL_DIR if (BUNDLED_MODEL_DIR / "manifest.json").is_file() else toy_model
+    out = tmp_path_factory.mktemp("real_predictions")
+    assert main(["predict", str(root), str(out), "--model", str(model), "-q"]) == 0
+    return root, out, model

@@ -7,10 +7,7 @@ import csv
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from realdata import real_cases_dir
 
-from hieseg.app.cli import main
-from hieseg.engine.manifest import BUNDLED_MODEL_DIR
 from hieseg.inputs.cases import find_cases
 from hieseg.inputs.io import Geometry
 
@@ -19,12 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def predictions(tmp_path_factory, toy_model):
-    root = real_cases_dir()
-    model = BUNDLED_MODEL_DIR if (BUNDLED_MODEL_DIR / "manifest.json").is_file() else toy_model
-    out = tmp_path_factory.mktemp("real_predictions")
-    assert main(["predict", str(root), str(out), "--model", str(model), "-q"]) == 0
-    return root, out, model
+def predictions(real_predictions):
+    return real_predictions  # conftest: one run of all 40 cases, shared with the resume test
 
 
 def test_every_output_has_the_input_grid_and_binary_values(predictions):
