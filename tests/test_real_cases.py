@@ -11,17 +11,13 @@ import SimpleITK as sitk
 from hieseg.inputs.cases import find_cases
 from hieseg.inputs.io import Geometry
 
-# The shipped ensemble on all 40 real cases (about 4 minutes on 2 cores): .ci/run runs it with -m slow.
+# The shipped ensemble on all 40 real cases (about 4 minutes on 2 cores; conftest real_predictions, one run shared
+# with tests/test_resume_real.py): .ci/run runs it with -m slow.
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def predictions(real_predictions):
-    return real_predictions  # conftest: one run of all 40 cases, shared with the resume test
-
-
-def test_every_output_has_the_input_grid_and_binary_values(predictions):
-    root, out, _ = predictions
+def test_every_output_has_the_input_grid_and_binary_values(real_predictions):
+    root, out, _ = real_predictions
     cases = find_cases(root)
     assert len(cases) == 40
     for case in cases:
@@ -35,7 +31,7 @@ def test_every_output_has_the_input_grid_and_binary_values(predictions):
         assert not (sitk.GetArrayViewFromImage(mask)[sitk.GetArrayViewFromImage(adc) <= 0]).any()
 
 
-def test_summary_lists_every_case(predictions):
-    _, out, _ = predictions
+def test_summary_lists_every_case(real_predictions):
+    _, out, _ = real_predictions
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len(rows) == 40 and {r["status"] for r in rows} == {"ok"}
